@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# LocalStack test bed: EC2 served by LocalStack in host mode (no Docker) on 127.0.0.1, pinned, seeded.
+#
+#   localstack.sh up       install if needed, start (or reuse), wait for health, seed, write the env file
+#   localstack.sh down     stop what `up` started (process group + descendants, by PID); idempotent
+#   localstack.sh status   prints "up" (exit 0) or "down" (exit 1)
+#   localstack.sh env      prints `export KEY=VALUE` lines (eval "$(localstack/localstack.sh env)")
+#   localstack.sh install  only create/refresh the virtualenv
+#
+# Env: BED_CACHE (default <repo>/.cache), LOCALSTACK_PORT (default 4566),
+#      LOCALSTACK_START_TIMEOUT (seconds, default 120), PYTHON (default python3, used to build the venv).
+set -euo pipefail
+
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+ROOT="$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || dirname "$HERE")"
+CACHE="${BED_CACHE:-$ROOT/.cache}"
+PORT="${LOCALSTACK_PORT:-4566}"
+TIMEOUT="${LOCALSTACK_START_TIMEOUT:-120}"
+PYTHON="${PYTHON:-python3}"
+VENV="$CACHE/localstack-venv"
+STATE="$CACHE/bed/localstack"
+LOG="$STATE/localstack.log"
+PIDFILE="$STATE/localstack.pid"
+PORTFILE="$STATE/localstack.port"
+ENVFILE="$CACHE/bed/localstack.env"
+ENDPOINT="http://127.0.0.1:$PORT"
+
+log() { echo "localstack.sh: $*" >&2; }
+die() { log "ERROR: $*"; exit 1; }
+
+install() {
+  mkdir -p "$CACHE"
+  # keep the cache out of git even where the repo's .gitignore does not list it
+  [ -f "$CACHE/.gitignore" ] || echo '*' >"$CACHE/.gitignore"
+  local stamp
+  stamp="$(cat "$HERE/requirements.txt" "$HERE/constraints.txt" <("$PYTHON" -VV) | sha256sum | cut -d' ' -f1)"
+  if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.bed-stamp" 2>/dev/null)" = "$stamp" ]; then
+    return 0
+  fi
+  log "installing LocalStack into $VENV (a few minutes the first time)"
+  rm -rf "$VENV"
+  "$PYTHON" -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check \
+    -r "$HERE/requirements.txt" -c "$HERE/constraints.txt"
+  echo "$stamp" >"$VENV/.bed-stamp"
+}
+
+# pid from the pid file if that process is alive and is our LocalStack, else empty
+our_pid() {
+  local pid
+  pid="$(cat "$PIDFILE" 2>/dev/null || true)"
+  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
+  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "localstack.runtime.main"; then
+    echo "$pid"
+  fi
+}
+
+healthy() {
+  curl -fsS --max-time 3 "$ENDPOINT/_localstack/health" 2>/dev/null \
+    | grep -Eq '"ec2": *"(available|running)"'
+}
+
+port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
+
+wait_healthy() {
+  local pid="$1" deadline=$((SECONDS + TIMEOUT))
+  while ((SECONDS < deadline)); do
+    healthy && return 0
+    kill -0 "$pid" 2>/dev/null || { log "LocalStack (pid $pid) exited during startup"; return 1; }
+    sleep 0.3
+  done
+  log "LocalStack not healthy after ${TIMEOUT}s"
+  return 1
+}
+
+start() {
+  mkdir -p "$STATE/fs" "$STATE/config"
+  [ -f "$LOG" ] && mv -f "$LOG" "$LOG.prev"
+  # Host-mode directories: this machine has /.dockerenv, so LocalStack would think it runs in its own
+  # container and use /var/lib/localstack + /tmp/localstack; OVERRIDE_IN_DOCKER=0 makes it use
+  # FILESYSTEM_ROOT (its tmp dir too), CONFIG_DIR replaces ~/.localstack.
+  # Keep it off the network: no analytics, no TLS cert download, and the platform API (asked for a
+  # service catalog when an operation is not implemented) pointed at a closed loopback port.
+  # setsid: own process group, so `down` can signal everything it spawned.
+  env -u AWS_ENDPOINT_URL -u AWS_PROFILE \
+    GATEWAY_LISTEN="127.0.0.1:$PORT" SERVICES=ec2 EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 GATEWAY_SERVER=hypercorn \
+    OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$STATE/fs" CONFIG_DIR="$STATE/config" \
+    DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 LOCALSTACK_HOST="127.0.0.1:$PORT" \
+    API_ENDPOINT=http://127.0.0.1:9/v1 ANALYTICS_API=http://127.0.0.1:9/v1 \
+    setsid nohup "$VENV/bin/python" -m localstack.runtime.main </dev/null >"$LOG" 2>&1 9>&- &
+  echo $! >"$PIDFILE"
+  echo "$PORT" >"$PORTFILE"
+  log "started LocalStack (pid $!, log $LOG)"
+}
+
+seed() {
+  local out
+  out="$(env -u AWS_PROFILE AWS_ENDPOINT_URL="$ENDPOINT" AWS_ACCESS_KEY_ID=test AWS_SECRET_ACCESS_KEY=test \
+    AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 "$VENV/bin/python" "$HERE/seed.py")"
+  {
+    echo "AWS_ENDPOINT_URL=$ENDPOINT"
+    echo "AWS_ACCESS_KEY_ID=test"
+    echo "AWS_SECRET_ACCESS_KEY=test"
+    echo "AWS_REGION=us-east-1"
+    echo "AWS_DEFAULT_REGION=us-east-1"
+    echo "$out"
+  } >"$ENVFILE.tmp"
+  mv -f "$ENVFILE.tmp" "$ENVFILE"
+  log "seeded; env written to $ENVFILE"
+}
+
+# every pid in the process group plus all descendants (a child may have left the group)
+tree_pids() {
+  local pid="$1" pids kids p
+  pids="$(pgrep -g "$pid" || true) $pid"
+  kids="$pids"
+  while [ -n "$kids" ]; do
+    local next=""
+    for p in $kids; do next="$next $(pgrep -P "$p" || true)"; done
+    kids="$(echo "$next" | xargs -n1 2>/dev/null | sort -u | grep -vxF -f <(echo "$pids" | xargs -n1) || true)"
+    pids="$pids $kids"
+  done
+  echo "$pids" | xargs -n1 | sort -un | xargs
+}
+
+stop() {
+  local pid pids alive p i
+  pid="$(our_pid)"
+  if [ -z "$pid" ]; then
+    rm -f "$PIDFILE" "$PORTFILE" "$ENVFILE"
+    log "localstack already down"
+    return 0
+  fi
+  pids="$(tree_pids "$pid")"
+  kill -TERM -- "-$pid" 2>/dev/null || true
+  # shellcheck disable=SC2086 # word splitting wanted: a list of pids
+  kill -TERM $pids 2>/dev/null || true
+  for ((i = 0; i < 100; i++)); do
+    alive=""
+    for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
+    [ -z "$alive" ] && break
+    sleep 0.1
+  done
+  if [ -n "$alive" ]; then
+    log "still alive after 10s, sending KILL to:$alive"
+    kill -KILL -- "-$pid" 2>/dev/null || true
+    # shellcheck disable=SC2086
+    kill -KILL $alive 2>/dev/null || true
+    sleep 0.5
+  fi
+  rm -f "$PIDFILE" "$PORTFILE" "$ENVFILE"
+  log "localstack stopped (pid $pid)"
+}
+
+up() {
+  install
+  mkdir -p "$STATE"
+  local pid
+  pid="$(our_pid)"
+  if [ -n "$pid" ]; then
+    local running_port
+    running_port="$(cat "$PORTFILE" 2>/dev/null || echo "?")"
+    [ "$running_port" = "$PORT" ] ||
+      die "LocalStack from $CACHE is already running on port $running_port (LOCALSTACK_PORT=$PORT); run '$0 down' first"
+    if wait_healthy "$pid"; then
+      echo "localstack already up"
+    else
+      tail -n 50 "$LOG" >&2 || true
+      stop
+      exit 1
+    fi
+  else
+    rm -f "$PIDFILE"
+    if port_taken; then
+      die "127.0.0.1:$PORT is already in use by a process not started by this script; stop it or set LOCALSTACK_PORT to a free port"
+    fi
+    start
+    local t0=$EPOCHREALTIME
+    if ! wait_healthy "$(cat "$PIDFILE")"; then
+      log "last lines of $LOG:"
+      tail -n 50 "$LOG" >&2 || true
+      stop
+      exit 1
+    fi
+    log "healthy after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')s"
+  fi
+  seed
+}
+
+cmd="${1:-}"
+case "$cmd" in
+  up | down)
+    mkdir -p "$STATE"
+    exec 9>"$STATE/.lock"
+    flock 9
+    if [ "$cmd" = up ]; then up; else stop; fi
+    ;;
+  status)
+    pid="$(our_pid)"
+    # ask the port it was started on, whatever LOCALSTACK_PORT says now
+    if [ -n "$pid" ] && [ -f "$PORTFILE" ]; then ENDPOINT="http://127.0.0.1:$(cat "$PORTFILE")"; fi
+    if [ -n "$pid" ] && healthy; then echo up; else echo down; exit 1; fi
+    ;;
+  env)
+    [ -f "$ENVFILE" ] || die "no $ENVFILE: run '$0 up' first"
+    sed -e '/^$/d' -e 's/^/export /' "$ENVFILE"
+    ;;
+  install) install ;;
+  *) echo "usage: $0 up|down|status|env|install" >&2; exit 2 ;;
+esac
