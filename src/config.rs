@@ -1,0 +1,62 @@
+//! Command-line flags, each with an environment variable fallback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(clap::Parser, Debug, Clone)]
+#[command(
+    name = "ec2-operator",
+    version,
+    about = "Reconciles Ec2Instance objects against AWS EC2"
+)]
+pub struct Settings {
+    /// Namespace to watch; all namespaces when unset.
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    pub namespace: Option<String>,
+
+    /// Only reconcile objects matching this label selector, e.g. `team=web`.
+    #[arg(long, env = "LABEL_SELECTOR")]
+    pub selector: Option<String>,
+
+    /// Region for objects that do not set `spec.region`; defaults to the AWS SDK's region chain.
+    #[arg(long, env = "DEFAULT_REGION")]
+    pub region: Option<String>,
+
+    /// Identifies this cluster in instance tags; defaults to the kube-system namespace UID.
+    #[arg(long, env = "CLUSTER_ID")]
+    pub cluster_id: Option<String>,
+
+    /// Seconds between inventory polls: the longest an out-of-band change goes unnoticed.
+    #[arg(long, env = "POLL_INTERVAL_SECONDS", default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub poll_interval_seconds: u64,
+
+    /// Seconds between checks while an instance changes state.
+    #[arg(long, env = "TRANSITION_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub transition_interval_seconds: u64,
+
+    /// Seconds before retrying an object after a terminal error (bad AMI, no permission).
+    #[arg(long, env = "TERMINAL_RETRY_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
+    pub terminal_retry_seconds: u64,
+
+    /// Objects reconciled at once.
+    #[arg(long, env = "CONCURRENCY", default_value_t = 16)]
+    pub concurrency: u16,
+
+    /// Address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8080")]
+    pub admin_addr: SocketAddr,
+
+    /// Log format: `text` or `json`.
+    #[arg(long, env = "LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
+    pub log_format: String,
+}
+
+impl Settings {
+    pub fn timing(&self) -> crate::reconcile::Timing {
+        crate::reconcile::Timing {
+            poll_interval: Duration::from_secs(self.poll_interval_seconds),
+            transition_interval: Duration::from_secs(self.transition_interval_seconds),
+            terminal_retry_interval: Duration::from_secs(self.terminal_retry_seconds),
+        }
+    }
+}

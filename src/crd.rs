@@ -1,0 +1,289 @@
+//! The API types: `Ec2Instance` (`k106.com/v1alpha1`), its spec, status and admission rules.
+//!
+//! Everything a user can get wrong in a manifest is rejected here, at admission, by OpenAPI
+//! constraints and CEL rules that the API server evaluates; the controller never sees it.
+
+// Each `printcolumn(...)` repeats the same keys; clippy mistakes that for duplicated attributes.
+#![allow(clippy::duplicated_attributes)]
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Tags the operator itself puts on every instance it launches. Users may not set keys with this
+/// prefix: they would fight the operator.
+pub const TAG_PREFIX: &str = "k106.com/";
+/// EC2 allows 50 tags per resource; the operator uses [`SYSTEM_TAG_COUNT`] of them.
+pub const MAX_USER_TAGS: usize = 45;
+/// Number of tags the operator reserves on each instance (see `tags.rs`).
+pub const SYSTEM_TAG_COUNT: usize = 5;
+/// EC2's limit on user data, before base64 encoding.
+pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
+
+/// Desired state of one EC2 instance. The operator launches it, keeps it matching this spec,
+/// and terminates it when the object is deleted (unless `deletionPolicy: Retain`).
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "k106.com",
+    version = "v1alpha1",
+    kind = "Ec2Instance",
+    namespaced,
+    status = "Ec2InstanceStatus",
+    shortname = "ec2i",
+    category = "aws",
+    derive = "PartialEq",
+    printcolumn(name = "Instance", type_ = "string", json_path = ".status.instanceId"),
+    printcolumn(name = "Type", type_ = "string", json_path = ".status.instanceType"),
+    printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
+    printcolumn(name = "Private-IP", type_ = "string", json_path = ".status.privateIp"),
+    printcolumn(name = "Public-IP", type_ = "string", json_path = ".status.publicIp"),
+    printcolumn(
+        name = "Ready",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].status"
+    ),
+    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp"),
+    printcolumn(
+        name = "Reason",
+        type_ = "string",
+        json_path = ".status.conditions[?(@.type==\"Ready\")].reason",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Zone",
+        type_ = "string",
+        json_path = ".status.availabilityZone",
+        priority = 1
+    )
+)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(
+    "has(self.subnetId) == has(oldSelf.subnetId) && (!has(self.subnetId) || self.subnetId == oldSelf.subnetId)"
+).message("subnetId is immutable: an instance cannot move subnets; create a new Ec2Instance instead").field_path(".subnetId"))]
+#[x_kube(validation = Rule::new(
+    "has(self.keyName) == has(oldSelf.keyName) && (!has(self.keyName) || self.keyName == oldSelf.keyName)"
+).message("keyName is immutable: EC2 cannot change the key pair of an instance; create a new Ec2Instance instead").field_path(".keyName"))]
+#[x_kube(validation = Rule::new(
+    "has(self.rootVolume) == has(oldSelf.rootVolume) && (!has(self.rootVolume) || self.rootVolume == oldSelf.rootVolume)"
+).message("rootVolume is immutable: it is set at launch; create a new Ec2Instance instead").field_path(".rootVolume"))]
+#[x_kube(validation = Rule::new(
+    "has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)"
+).message("region is immutable: an instance cannot move regions; create a new Ec2Instance instead").field_path(".region"))]
+#[x_kube(validation = Rule::new(
+    "has(self.iamInstanceProfile) == has(oldSelf.iamInstanceProfile) && (!has(self.iamInstanceProfile) || self.iamInstanceProfile == oldSelf.iamInstanceProfile)"
+).message("iamInstanceProfile is immutable in v1alpha1; create a new Ec2Instance instead").field_path(".iamInstanceProfile"))]
+pub struct Ec2InstanceSpec {
+    /// AMI to launch, e.g. `ami-0abcdef1234567890`. Immutable: a new image means a new instance.
+    #[x_kube(validation = Rule::new("self == oldSelf").message("imageId is immutable: a new image means a new instance; create a new Ec2Instance instead"))]
+    #[schemars(regex(pattern = r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"))]
+    pub image_id: String,
+
+    /// Instance type, e.g. `t3.micro`. Changing it stops the instance, modifies it and starts it
+    /// again (when `desiredState` is `Running`).
+    #[schemars(regex(pattern = r"^[a-z][a-z0-9-]*\.[a-z0-9-]+$"), length(max = 64))]
+    pub instance_type: String,
+
+    /// Subnet to launch into, e.g. `subnet-0abc1234`. Defaults to the default VPC's subnet
+    /// chosen by EC2. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"))]
+    pub subnet_id: Option<String>,
+
+    /// Security groups, e.g. `[sg-0abc1234]`. When set, the instance's groups are kept equal to
+    /// this list; when absent, EC2's default group is used and not managed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(
+        length(min = 1, max = 16),
+        inner(regex(pattern = r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$"))
+    )]
+    #[x_kube(validation = Rule::new("self.all(g, self.exists_one(h, h == g))").message("securityGroupIds must not repeat a group"))]
+    pub security_group_ids: Option<Vec<String>>,
+
+    /// Name of an existing EC2 key pair for SSH. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub key_name: Option<String>,
+
+    /// IAM instance profile name or ARN to attach at launch. Immutable in v1alpha1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 2048))]
+    pub iam_instance_profile: Option<String>,
+
+    /// User data as plain text (the operator base64-encodes it), at most 16 KiB. Changing it
+    /// stops the instance, modifies it and starts it again (when `desiredState` is `Running`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16384))]
+    #[x_kube(validation = Rule::new("size(bytes(self)) <= 16384").message("userData must be at most 16 KiB (16384 bytes)"))]
+    pub user_data: Option<String>,
+
+    /// Tags for the instance and its volumes. At most 45 (EC2 allows 50 per resource and the
+    /// operator uses 5), keys 1-128 characters, values at most 256; the prefixes `aws:` (reserved by
+    /// AWS) and `k106.com/` (reserved by this operator) are not allowed. Keys removed from this map
+    /// are removed from the instance; tags that others add are left alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("maxProperties" = 45, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("tag keys must be 1-128 characters"))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('aws:'))").message("tag keys must not start with 'aws:' (reserved by AWS)"))]
+    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('k106.com/'))").message("tag keys must not start with 'k106.com/' (reserved by the operator)"))]
+    pub tags: Option<BTreeMap<String, String>>,
+
+    /// Root EBS volume. Immutable: it is set at launch.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root_volume: Option<RootVolume>,
+
+    /// AWS region, e.g. `eu-west-1`. Defaults to the operator's region. Immutable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(regex(pattern = r"^[a-z]{2}(-[a-z]+)+-[0-9]+$"), length(max = 32))]
+    pub region: Option<String>,
+
+    /// `Running` (default) or `Stopped`. The operator starts or stops the instance to match,
+    /// including when someone changes it out of band.
+    #[serde(default)]
+    pub desired_state: DesiredState,
+
+    /// What happens to the instance when this object is deleted: `Delete` (default) terminates
+    /// it; `Retain` leaves it running and removes the operator's tags from it.
+    #[serde(default)]
+    pub deletion_policy: DeletionPolicy,
+}
+
+/// Root EBS volume settings, applied at launch.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct RootVolume {
+    /// Size in GiB (1-16384). Defaults to the AMI's size.
+    #[serde(rename = "sizeGiB", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 16384))]
+    pub size_gib: Option<i32>,
+    /// EBS volume type. Defaults to the AMI's type.
+    #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    pub volume_type: Option<VolumeType>,
+    /// Encrypt the volume with the account's default EBS key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub encrypted: Option<bool>,
+}
+
+/// EBS volume types accepted for the root volume.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    Gp2,
+    Gp3,
+    Io1,
+    Io2,
+    St1,
+    Sc1,
+    Standard,
+}
+
+impl VolumeType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VolumeType::Gp2 => "gp2",
+            VolumeType::Gp3 => "gp3",
+            VolumeType::Io1 => "io1",
+            VolumeType::Io2 => "io2",
+            VolumeType::St1 => "st1",
+            VolumeType::Sc1 => "sc1",
+            VolumeType::Standard => "standard",
+        }
+    }
+}
+
+/// Power state the operator keeps the instance in.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DesiredState {
+    #[default]
+    Running,
+    Stopped,
+}
+
+/// What deleting the object does to the instance.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum DeletionPolicy {
+    #[default]
+    Delete,
+    Retain,
+}
+
+/// Observed state of the instance, written by the operator only.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Ec2InstanceStatus {
+    /// EC2 instance id, e.g. `i-0abc1234def567890`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<String>,
+    /// EC2 instance state: pending, running, stopping, stopped, shutting-down or terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state: Option<String>,
+    /// Instance type as EC2 reports it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// Private IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    /// Public IPv4 address, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_ip: Option<String>,
+    /// Private DNS name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_dns_name: Option<String>,
+    /// Public DNS name, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub public_dns_name: Option<String>,
+    /// Availability zone the instance runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// When EC2 last launched (or started) the instance, RFC 3339.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<String>,
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Tag keys from `spec.tags` that the operator has applied, so that a key later removed from
+    /// the spec is removed from the instance while tags added by others are left alone.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub applied_tag_keys: Vec<String>,
+    /// `Ready` is True when the instance matches the spec (running, or stopped when
+    /// `desiredState: Stopped`). Its reason says what the operator is doing or what failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conditions: Vec<Condition>,
+}
+
+impl Ec2InstanceStatus {
+    pub fn condition(&self, type_: &str) -> Option<&Condition> {
+        self.conditions.iter().find(|c| c.type_ == type_)
+    }
+}
+
+/// The CRD as YAML, exactly as committed in `crds/ec2instance.yaml`.
+pub fn crd_yaml() -> String {
+    use kube::CustomResourceExt;
+    serde_yaml::to_string(&Ec2Instance::crd()).expect("the CRD serializes to YAML")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn committed_crd_is_current() {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/crds/ec2instance.yaml");
+        let committed = std::fs::read_to_string(path).expect("crds/ec2instance.yaml exists");
+        assert!(
+            committed == crd_yaml(),
+            "crds/ec2instance.yaml is stale: run `make crds`"
+        );
+    }
+
+    #[test]
+    fn defaults_are_running_and_delete() {
+        let spec: Ec2InstanceSpec =
+            serde_json::from_value(serde_json::json!({"imageId": "ami-760aaa0f", "instanceType": "t3.micro"})).unwrap();
+        assert_eq!(spec.desired_state, DesiredState::Running);
+        assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
+    }
+}

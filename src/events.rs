@@ -1,0 +1,66 @@
+//! Event reasons in one place, so `kubectl describe` reads the same everywhere.
+
+use kube::runtime::events::{Event, EventType};
+
+/// Why the operator did something to an instance.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Reason {
+    Launched,
+    /// The instance vanished or was terminated out of band and a new one was launched.
+    Replaced,
+    Started,
+    Stopped,
+    Modified,
+    SecurityGroupsUpdated,
+    TagsUpdated,
+    /// The instance differed from a spec it had already matched: someone changed it.
+    DriftDetected,
+    /// More than one live instance carries this object's owner tag.
+    DuplicateInstances,
+    Terminating,
+    Terminated,
+    Retained,
+    /// An EC2 or API call failed; the note carries the AWS code and message.
+    Failed,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::Launched => "Launched",
+            Reason::Replaced => "Replaced",
+            Reason::Started => "Started",
+            Reason::Stopped => "Stopped",
+            Reason::Modified => "Modified",
+            Reason::SecurityGroupsUpdated => "SecurityGroupsUpdated",
+            Reason::TagsUpdated => "TagsUpdated",
+            Reason::DriftDetected => "DriftDetected",
+            Reason::DuplicateInstances => "DuplicateInstances",
+            Reason::Terminating => "Terminating",
+            Reason::Terminated => "Terminated",
+            Reason::Retained => "Retained",
+            Reason::Failed => "Failed",
+        }
+    }
+
+    fn is_warning(self) -> bool {
+        matches!(
+            self,
+            Reason::Replaced | Reason::DriftDetected | Reason::DuplicateInstances | Reason::Failed
+        )
+    }
+
+    pub fn event(self, note: impl Into<String>) -> Event {
+        Event {
+            type_: if self.is_warning() {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: self.as_str().into(),
+            note: Some(note.into()),
+            action: self.as_str().into(),
+            secondary: None,
+        }
+    }
+}

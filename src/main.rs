@@ -1,0 +1,16 @@
+use clap::Parser;
+use ec2_operator::config::Settings;
+use tracing_subscriber::{EnvFilter, fmt};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let settings = Settings::parse();
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,aws=warn"));
+    let logs = fmt().with_env_filter(filter);
+    if settings.log_format == "json" {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    ec2_operator::operator::run(settings).await
+}

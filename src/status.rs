@@ -1,0 +1,197 @@
+//! Status: computed from what was observed (pure), written by server-side apply with one field
+//! manager, and only when it changed.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::api::{Api, Patch, PatchParams, ResourceExt};
+
+use crate::crd::{Ec2Instance, Ec2InstanceStatus};
+use crate::ec2::ObservedInstance;
+use crate::error::Result;
+
+pub const FIELD_MANAGER: &str = "ec2-operator";
+pub const READY: &str = "Ready";
+
+/// The Ready condition's value, reason and message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// CamelCase, e.g. `InstanceRunning`, `Starting`, `Failed`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Readiness {
+    pub fn ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ready: true,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The status to write: the observed instance's facts, the Ready condition, and the tag keys
+/// applied. Keeps the condition's `lastTransitionTime` unless its value flips.
+pub fn next_status(
+    obj: &Ec2Instance,
+    observed: Option<&ObservedInstance>,
+    applied_tag_keys: Vec<String>,
+    readiness: Readiness,
+    now: jiff::Timestamp,
+) -> Ec2InstanceStatus {
+    let previous = obj.status.clone().unwrap_or_default();
+    let status_word = if readiness.ready { "True" } else { "False" };
+    let last_transition_time = previous
+        .condition(READY)
+        .filter(|c| c.status == status_word)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    let condition = Condition {
+        type_: READY.into(),
+        status: status_word.into(),
+        reason: readiness.reason.into(),
+        message: readiness.message,
+        observed_generation: obj.metadata.generation,
+        last_transition_time,
+    };
+    let mut status = match observed {
+        Some(i) => Ec2InstanceStatus {
+            instance_id: Some(i.id.clone()),
+            state: Some(i.state.as_str().into()),
+            instance_type: Some(i.instance_type.clone()).filter(|t| !t.is_empty()),
+            private_ip: i.private_ip.clone(),
+            public_ip: i.public_ip.clone(),
+            private_dns_name: i.private_dns_name.clone(),
+            public_dns_name: i.public_dns_name.clone(),
+            availability_zone: i.availability_zone.clone(),
+            launch_time: i.launch_time.clone(),
+            ..Default::default()
+        },
+        // Nothing observed this time (e.g. EC2 failed): keep the last known facts.
+        None => previous.clone(),
+    };
+    status.observed_generation = obj.metadata.generation;
+    status.applied_tag_keys = applied_tag_keys;
+    status.conditions = vec![condition];
+    status
+}
+
+/// Write `status` if it differs from the object's; server-side apply, one field manager.
+pub async fn write(api: &Api<Ec2Instance>, obj: &Ec2Instance, status: Ec2InstanceStatus) -> Result<bool> {
+    if obj.status.as_ref() == Some(&status) {
+        return Ok(false);
+    }
+    let patch = serde_json::json!({
+        "apiVersion": "k106.com/v1alpha1",
+        "kind": "Ec2Instance",
+        "status": status,
+    });
+    api.patch_status(
+        &obj.name_any(),
+        &PatchParams::apply(FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await?;
+    Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::ec2::InstanceState;
+    use crate::fixtures::*;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn status_carries_the_observed_facts_and_a_ready_condition() {
+        let obj = Ec2Instance::test();
+        let running = instance_for(&obj.spec, InstanceState::Running);
+        let status = next_status(
+            &obj,
+            Some(&running),
+            vec!["team".into()],
+            Readiness::ready("InstanceRunning", "running"),
+            at("2026-01-01T00:00:00Z"),
+        );
+        assert_eq!(status.instance_id.as_deref(), Some("i-0123456789abcdef0"));
+        assert_eq!(status.state.as_deref(), Some("running"));
+        assert_eq!(status.private_ip.as_deref(), Some("10.0.0.10"));
+        assert_eq!(status.observed_generation, Some(1));
+        let ready = status.condition(READY).unwrap();
+        assert_eq!(
+            (ready.status.as_str(), ready.reason.as_str()),
+            ("True", "InstanceRunning")
+        );
+        assert_eq!(ready.observed_generation, Some(1));
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_value_flips() {
+        let obj = Ec2Instance::test();
+        let running = instance_for(&obj.spec, InstanceState::Running);
+        let first = next_status(
+            &obj,
+            Some(&running),
+            vec![],
+            Readiness::not_ready("Launching", "x"),
+            at("2026-01-01T00:00:00Z"),
+        );
+        let obj = obj.with_status(first);
+        let second = next_status(
+            &obj,
+            Some(&running),
+            vec![],
+            Readiness::not_ready("Starting", "y"),
+            at("2026-01-01T00:01:00Z"),
+        );
+        assert_eq!(
+            second.condition(READY).unwrap().last_transition_time.0,
+            at("2026-01-01T00:00:00Z")
+        );
+        let obj = obj.with_status(second);
+        let third = next_status(
+            &obj,
+            Some(&running),
+            vec![],
+            Readiness::ready("InstanceRunning", "z"),
+            at("2026-01-01T00:02:00Z"),
+        );
+        assert_eq!(
+            third.condition(READY).unwrap().last_transition_time.0,
+            at("2026-01-01T00:02:00Z")
+        );
+    }
+
+    #[test]
+    fn a_failed_observation_keeps_the_last_known_facts() {
+        let obj = Ec2Instance::test();
+        let running = instance_for(&obj.spec, InstanceState::Running);
+        let known = next_status(
+            &obj,
+            Some(&running),
+            vec![],
+            Readiness::ready("InstanceRunning", ""),
+            at("2026-01-01T00:00:00Z"),
+        );
+        let obj = obj.with_status(known);
+        let failed = next_status(
+            &obj,
+            None,
+            vec![],
+            Readiness::not_ready("Retrying", "throttled"),
+            at("2026-01-01T00:01:00Z"),
+        );
+        assert_eq!(failed.instance_id.as_deref(), Some("i-0123456789abcdef0"));
+        assert_eq!(failed.condition(READY).unwrap().status, "False");
+    }
+}
