@@ -92,14 +92,14 @@ pub struct Ec2InstanceSpec {
     #[schemars(regex(pattern = r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"))]
     pub subnet_id: Option<String>,
 
-    /// Security groups, e.g. `[sg-0abc1234]`. When set, the instance's groups are kept equal to
+    /// Security groups, e.g. `[sg-0abc1234]`, each at most once. When set, the instance's groups are kept equal to
     /// this list; when absent, EC2's default group is used and not managed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(
         length(min = 1, max = 16),
-        inner(regex(pattern = r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$"))
+        inner(regex(pattern = r"^sg-([0-9a-f]{8}|[0-9a-f]{17})$")),
+        extend("x-kubernetes-list-type" = "set")
     )]
-    #[x_kube(validation = Rule::new("self.all(g, self.exists_one(h, h == g))").message("securityGroupIds must not repeat a group"))]
     pub security_group_ids: Option<Vec<String>>,
 
     /// Name of an existing EC2 key pair for SSH. Immutable.

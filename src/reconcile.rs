@@ -47,9 +47,17 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     pub timing: Timing,
     pub cluster_id: String,
-    /// Consecutive failures per object, for backoff; reset on success. Losing it on restart
-    /// only resets the backoff.
-    failures: Mutex<HashMap<ObjectRef<Ec2Instance>, u32>>,
+    /// Per-object backoff after failures; cleared on success. Losing it on restart only
+    /// resets the backoff.
+    backoff: Mutex<HashMap<ObjectRef<Ec2Instance>, Backoff>>,
+}
+
+/// Consecutive failures of one object and when it may be tried again.
+struct Backoff {
+    failures: u32,
+    retry_at: Instant,
+    /// The generation that failed: a changed spec is tried at once.
+    generation: Option<i64>,
 }
 
 impl Context {
@@ -70,12 +78,48 @@ impl Context {
             metrics,
             timing,
             cluster_id,
-            failures: Mutex::default(),
+            backoff: Mutex::default(),
         }
+    }
+
+    fn backoff(&self) -> std::sync::MutexGuard<'_, HashMap<ObjectRef<Ec2Instance>, Backoff>> {
+        self.backoff.lock().expect("backoff map poisoned")
+    }
+
+    /// Time left before `obj` may be tried again after a failure of its current generation.
+    fn backoff_remaining(&self, obj: &Ec2Instance) -> Option<Duration> {
+        let backoff = self.backoff();
+        let entry = backoff.get(&ObjectRef::from(obj))?;
+        let wait = entry.retry_at.checked_duration_since(Instant::now())?;
+        (entry.generation == obj.metadata.generation).then_some(wait)
+    }
+
+    fn record_failure(&self, obj: &Ec2Instance, err: &Error) {
+        self.metrics.error(err.metric_label());
+        let mut backoff = self.backoff();
+        let entry = backoff.entry(ObjectRef::from(obj)).or_insert(Backoff {
+            failures: 0,
+            retry_at: Instant::now(),
+            generation: obj.metadata.generation,
+        });
+        entry.failures += 1;
+        entry.generation = obj.metadata.generation;
+        let delay = retry_delay(err.is_transient(), entry.failures, self.timing.terminal_retry_interval);
+        entry.retry_at = Instant::now() + delay;
+        let failures = entry.failures;
+        warn!(object = %ObjectRef::from(obj), error = %err, transient = err.is_transient(), failures, ?delay, "reconcile failed");
     }
 }
 
 pub async fn reconcile(obj: Arc<Ec2Instance>, ctx: Arc<Context>) -> Result<Action> {
+    // Every trigger (inventory poll, our own status write, a requeue) passes this gate, so a
+    // failing object is retried on its backoff schedule and never faster. A spec change or a
+    // deletion is acted on at once.
+    if obj.metadata.deletion_timestamp.is_none()
+        && let Some(wait) = ctx.backoff_remaining(&obj)
+    {
+        return Ok(Action::requeue(wait));
+    }
     let started = Instant::now();
     let namespace = obj
         .namespace()
@@ -90,11 +134,12 @@ pub async fn reconcile(obj: Arc<Ec2Instance>, ctx: Arc<Context>) -> Result<Actio
     .await
     .map_err(|e| Error::Finalizer(Box::new(e)));
     ctx.metrics.reconciled(started.elapsed().as_secs_f64());
-    if result.is_ok() {
-        ctx.failures
-            .lock()
-            .expect("failure map poisoned")
-            .remove(&ObjectRef::from(obj.as_ref()));
+    match &result {
+        Ok(_) => {
+            ctx.backoff().remove(&ObjectRef::from(obj.as_ref()));
+        }
+        Err(err) if matches!(err.root(), Error::Waiting(_)) => {}
+        Err(err) => ctx.record_failure(&obj, err),
     }
     result
 }
@@ -104,16 +149,7 @@ pub fn error_policy(obj: Arc<Ec2Instance>, err: &Error, ctx: Arc<Context>) -> Ac
         info!(object = %ObjectRef::from(obj.as_ref()), "{what}");
         return Action::requeue(ctx.timing.transition_interval);
     }
-    ctx.metrics.error(err.metric_label());
-    let failures = {
-        let mut map = ctx.failures.lock().expect("failure map poisoned");
-        let count = map.entry(ObjectRef::from(obj.as_ref())).or_default();
-        *count += 1;
-        *count
-    };
-    let delay = retry_delay(err.is_transient(), failures, ctx.timing.terminal_retry_interval);
-    warn!(object = %ObjectRef::from(obj.as_ref()), error = %err, transient = err.is_transient(), failures, ?delay, "reconcile failed");
-    Action::requeue(delay)
+    Action::requeue(ctx.backoff_remaining(&obj).unwrap_or(ctx.timing.transition_interval))
 }
 
 /// One reconcile of one object.
