@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# `make demo`: the sandbox (API server + LocalStack), the operator running against it, the
+# example applied and shown Ready.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+BED=".cache/bed"
+
+echo "==> building the operator (the first build takes several minutes)"
+cargo build --locked --bin ec2-operator 2>&1 | tail -n 1 &
+build=$!
+echo "==> starting the sandbox: kube-apiserver + etcd and LocalStack EC2"
+hack/bed.sh up
+wait "$build"
+eval "$(hack/bed.sh env)"
+
+echo "==> installing the CRD"
+kubectl apply -f crds/
+kubectl wait --for=condition=Established crd/ec2instances.k106.com --timeout=60s
+
+pid="$(cat "$BED/operator.pid" 2>/dev/null || true)"
+if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+  echo "==> operator already running (pid $pid)"
+else
+  echo "==> starting the operator (log: $BED/operator.log)"
+  POLL_INTERVAL_SECONDS=10 TRANSITION_INTERVAL_SECONDS=2 \
+    setsid nohup target/debug/ec2-operator --admin-addr 127.0.0.1:18080 >"$BED/operator.log" 2>&1 &
+  echo $! >"$BED/operator.pid"
+fi
+
+echo "==> applying examples/"
+kubectl apply -f examples/
+kubectl wait --for=condition=Ready ec2instances --all --timeout=180s
+kubectl get ec2instances -o wide
+
+cat <<MSG
+
+The sandbox is up and the operator is running.
+  eval "\$(hack/bed.sh env)"             # point kubectl and the aws CLI at the sandbox
+  kubectl describe ec2i web               # status, conditions and events
+  kubectl edit ec2i web                   # change instanceType, desiredState, tags...
+  aws ec2 describe-instances --query 'Reservations[].Instances[].[InstanceId,State.Name,InstanceType]'
+  curl -s 127.0.0.1:18080/metrics         # operator metrics
+  tail -f $BED/operator.log               # operator logs
+  make down                               # stop the operator and the sandbox
+MSG

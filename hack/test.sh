@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# `make test`: every test, the test bed included. Brings the bed up if it is not (and then
+# takes it down again, even when a test fails); reuses a bed that `make up` started.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+started=0
+if ! hack/bed.sh status >/dev/null 2>&1; then
+  started=1
+  trap 'hack/bed.sh down' EXIT
+fi
+
+# Build first, while the bed comes up: the cold build and the cold bed are the long poles.
+cargo build --all-targets --locked 2>&1 | tail -n 3 &
+build=$!
+if [ "$started" = 1 ]; then hack/bed.sh up; else echo "bed: reusing the running test bed" >&2; fi
+wait "$build"
+
+eval "$(hack/bed.sh env)"
+# Unit tests, mocks, CRD staleness, then the end-to-end tests against the bed.
+cargo test --all-targets --locked -- --include-ignored --test-threads "${TEST_THREADS:-4}"

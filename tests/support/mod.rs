@@ -1,0 +1,310 @@
+//! Harness for the tests that run against the test bed (`make test` starts it): a kube client
+//! on the real API server, an EC2 client on LocalStack, and the operator as a real process.
+
+#![allow(dead_code)] // each test binary uses its own part of the harness
+
+use std::collections::BTreeMap;
+use std::future::Future;
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_ec2::types::{Filter, Instance};
+use ec2_operator::crd::Ec2Instance;
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::{Client, ResourceExt};
+
+pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
+
+/// Seed ids the bed wrote (localstack/seed.py).
+pub struct Seed {
+    pub image_id: String,
+    pub subnet_id: String,
+    pub security_group_id: String,
+    pub security_group_id_2: String,
+    pub key_name: String,
+}
+
+pub struct Bed {
+    pub client: Client,
+    pub ec2: aws_sdk_ec2::Client,
+    pub seed: Seed,
+}
+
+fn var(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| panic!("{name} is not set: these tests need the test bed; run `make test`"))
+}
+
+impl Bed {
+    pub async fn connect() -> Bed {
+        var("KUBECONFIG");
+        var("AWS_ENDPOINT_URL");
+        let client = Client::try_default().await.expect("kube client from KUBECONFIG");
+        let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let bed = Bed {
+            client,
+            ec2: aws_sdk_ec2::Client::new(&aws),
+            seed: Seed {
+                image_id: var("TEST_IMAGE_ID"),
+                subnet_id: var("TEST_SUBNET_ID"),
+                security_group_id: var("TEST_SECURITY_GROUP_ID"),
+                security_group_id_2: var("TEST_SECURITY_GROUP_ID_2"),
+                key_name: var("TEST_KEY_NAME"),
+            },
+        };
+        bed.install_crd().await;
+        bed
+    }
+
+    /// The committed CRD, applied server-side (idempotent across tests).
+    async fn install_crd(&self) {
+        let yaml = std::fs::read_to_string(format!("{ROOT}/crds/ec2instance.yaml")).unwrap();
+        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        crds.patch(&crd.name_any(), &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
+            .await
+            .expect("CRD applies");
+        eventually("CRD established", Duration::from_secs(30), || async {
+            let crd = crds.get(&crd.name_any()).await.ok()?;
+            let conditions = crd.status?.conditions?;
+            conditions
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+                .then_some(())
+        })
+        .await;
+    }
+
+    /// A fresh namespace for one test.
+    pub async fn namespace(&self, test: &str) -> String {
+        let name = format!("e2e-{test}-{}", fastrand::u32(..) % 100_000);
+        let ns = Namespace {
+            metadata: ObjectMeta {
+                name: Some(name.clone()),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        Api::<Namespace>::all(self.client.clone())
+            .create(&PostParams::default(), &ns)
+            .await
+            .expect("namespace");
+        name
+    }
+
+    pub fn api(&self, namespace: &str) -> Api<Ec2Instance> {
+        Api::namespaced(self.client.clone(), namespace)
+    }
+
+    /// A manifest as a user writes it, with the seeded AMI.
+    pub fn manifest(&self, name: &str, spec: serde_json::Value) -> Ec2Instance {
+        let mut spec = spec;
+        let fields = spec.as_object_mut().expect("spec is an object");
+        fields.entry("imageId").or_insert(self.seed.image_id.clone().into());
+        fields.entry("instanceType").or_insert("t3.micro".into());
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "k106.com/v1alpha1",
+            "kind": "Ec2Instance",
+            "metadata": { "name": name },
+            "spec": spec,
+        }))
+        .expect("valid manifest")
+    }
+
+    pub async fn create(&self, namespace: &str, name: &str, spec: serde_json::Value) -> Ec2Instance {
+        self.api(namespace)
+            .create(&PostParams::default(), &self.manifest(name, spec))
+            .await
+            .expect("object is accepted")
+    }
+
+    /// A merge patch of the spec, as `kubectl patch --type merge` sends it.
+    pub async fn patch_spec(&self, namespace: &str, name: &str, spec: serde_json::Value) -> Ec2Instance {
+        self.api(namespace)
+            .patch(
+                name,
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({ "spec": spec })),
+            )
+            .await
+            .expect("patch is accepted")
+    }
+
+    /// Waits until the object is Ready for its current generation.
+    pub async fn ready(&self, namespace: &str, name: &str) -> Ec2Instance {
+        let api = self.api(namespace);
+        eventually(
+            &format!("{namespace}/{name} Ready"),
+            Duration::from_secs(60),
+            || async {
+                let obj = api.get(name).await.ok()?;
+                let status = obj.status.as_ref()?;
+                let ready = status.condition("Ready")?;
+                (ready.status == "True" && ready.observed_generation == obj.metadata.generation).then_some(obj)
+            },
+        )
+        .await
+    }
+
+    pub async fn instance(&self, id: &str) -> Instance {
+        let out = self
+            .ec2
+            .describe_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .expect("describe");
+        out.reservations()[0].instances()[0].clone()
+    }
+
+    /// Instances (any state but terminated) carrying this owner tag.
+    pub async fn live_instances_of(&self, uid: &str) -> Vec<Instance> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag:k106.com/owner-uid").values(uid).build())
+            .max_results(1000)
+            .send()
+            .await
+            .expect("describe by tag");
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances().iter().cloned())
+            .filter(|i| state_of(i) != "terminated")
+            .collect()
+    }
+
+    /// `kubectl` against the bed, returning stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = Command::new("kubectl").args(args).output().expect("kubectl runs");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+pub fn state_of(instance: &Instance) -> String {
+    instance
+        .state()
+        .and_then(|s| s.name())
+        .map(|n| n.as_str().to_owned())
+        .unwrap_or_default()
+}
+
+pub fn tags_of(instance: &Instance) -> BTreeMap<String, String> {
+    instance
+        .tags()
+        .iter()
+        .map(|t| {
+            (
+                t.key().unwrap_or_default().to_owned(),
+                t.value().unwrap_or_default().to_owned(),
+            )
+        })
+        .collect()
+}
+
+/// Polls `check` every 250 ms until it returns Some, or panics after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for: {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// The operator binary, running against the bed for one namespace. Killed (SIGKILL) on drop.
+pub struct Operator {
+    child: Child,
+    pub admin_port: u16,
+    pub log: PathBuf,
+}
+
+impl Operator {
+    pub fn start(namespace: &str) -> Operator {
+        Self::start_with(namespace, &[])
+    }
+
+    pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
+        let admin_port = free_port();
+        let dir = PathBuf::from(ROOT).join(".cache/e2e-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = dir.join(format!("{namespace}-{}.log", fastrand::u32(..)));
+        let child = Command::new(env!("CARGO_BIN_EXE_ec2-operator"))
+            .args(["--namespace", namespace, "--cluster-id", &format!("e2e-{namespace}")])
+            .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
+            .args(["--poll-interval-seconds", "2", "--transition-interval-seconds", "1"])
+            .args(extra)
+            .env("RUST_LOG", "info,ec2_operator=debug")
+            .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
+            .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
+            .spawn()
+            .expect("operator starts");
+        Operator { child, admin_port, log }
+    }
+
+    /// SIGKILL: no chance to clean up, as in a node failure.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// The value of one metric line from /metrics, e.g. `ec2_operator_ec2_requests_total{operation="RunInstances"}`.
+    pub async fn metric(&self, series: &str) -> f64 {
+        let body = http_get(self.admin_port, "/metrics").await;
+        body.lines()
+            .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
+            .unwrap_or(0.0)
+    }
+
+    /// Sum of every series of a metric family, e.g. all `ec2_operator_ec2_requests_total{...}`.
+    pub async fn metric_sum(&self, family: &str) -> f64 {
+        let body = http_get(self.admin_port, "/metrics").await;
+        body.lines()
+            .filter(|line| line.starts_with(family))
+            .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    }
+}
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+async fn http_get(port: u16, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            stream.write_all(request.as_bytes()).await.unwrap();
+            let mut body = String::new();
+            stream.read_to_string(&mut body).await.unwrap();
+            return body;
+        }
+        assert!(Instant::now() < deadline, "admin server on port {port} never answered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
