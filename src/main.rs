@@ -1,3 +1,5 @@
+use std::io::IsTerminal;
+
 use clap::Parser;
 use ec2_operator::config::Settings;
 use tracing_subscriber::{EnvFilter, fmt};
@@ -6,7 +8,8 @@ use tracing_subscriber::{EnvFilter, fmt};
 async fn main() -> anyhow::Result<()> {
     let settings = Settings::parse();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,aws=warn"));
-    let logs = fmt().with_env_filter(filter);
+    // Colours only on a terminal: log files and log collectors get plain text.
+    let logs = fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
     if settings.log_format == "json" {
         logs.json().init();
     } else {

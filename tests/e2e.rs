@@ -578,3 +578,34 @@ async fn immutable_fields_cannot_change() {
     )
     .await;
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn the_operator_needs_nothing_beyond_its_cluster_role() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("rbac").await;
+    bed.kubectl(&["apply", "-f", &format!("{}/deploy/namespace.yaml", support::ROOT)]);
+    bed.kubectl(&["apply", "-f", &format!("{}/deploy/rbac.yaml", support::ROOT)]);
+    let token = bed.kubectl(&[
+        "create",
+        "token",
+        "ec2-operator",
+        "-n",
+        "ec2-operator",
+        "--duration",
+        "1h",
+    ]);
+    let kubeconfig = support::kubeconfig_with_token(token.trim(), &ns);
+
+    let _operator = Operator::start_as(&ns, &kubeconfig);
+    bed.create(&ns, "least", json!({"tags": {"team": "sec"}})).await;
+    let id = bed.ready(&ns, "least").await.status.unwrap().instance_id.unwrap();
+    let described = bed.kubectl(&["describe", "ec2i", "least", "-n", &ns]);
+    assert!(described.contains("Launched"), "events are written: {described}");
+    bed.api(&ns).delete("least", &DeleteParams::default()).await.unwrap();
+    eventually("object gone", MINUTE, || async {
+        bed.api(&ns).get_opt("least").await.unwrap().is_none().then_some(())
+    })
+    .await;
+    assert_eq!(state_of(&bed.instance(&id).await), "terminated");
+}

@@ -242,11 +242,24 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
+        Self::spawn(namespace, extra, None)
+    }
+
+    /// Runs the operator with this kubeconfig instead of the bed's admin one.
+    pub fn start_as(namespace: &str, kubeconfig: &std::path::Path) -> Operator {
+        Self::spawn(namespace, &[], Some(kubeconfig))
+    }
+
+    fn spawn(namespace: &str, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Operator {
         let admin_port = free_port();
         let dir = PathBuf::from(ROOT).join(".cache/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}-{}.log", fastrand::u32(..)));
-        let child = Command::new(env!("CARGO_BIN_EXE_ec2-operator"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_ec2-operator"));
+        if let Some(kubeconfig) = kubeconfig {
+            command.env("KUBECONFIG", kubeconfig);
+        }
+        let child = command
             .args(["--namespace", namespace, "--cluster-id", &format!("e2e-{namespace}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(["--poll-interval-seconds", "2", "--transition-interval-seconds", "1"])
@@ -307,4 +320,21 @@ async fn http_get(port: u16, path: &str) -> String {
         assert!(Instant::now() < deadline, "admin server on port {port} never answered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+/// A kubeconfig for the bed's API server that authenticates with `token` only.
+pub fn kubeconfig_with_token(token: &str, name: &str) -> PathBuf {
+    let admin = kube::config::Kubeconfig::read().expect("admin kubeconfig");
+    let cluster = admin.clusters[0].clone();
+    let config = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [cluster],
+        "users": [{"name": "sa", "user": {"token": token}}],
+        "contexts": [{"name": "sa", "context": {"cluster": cluster.name, "user": "sa"}}],
+        "current-context": "sa",
+    });
+    let path = PathBuf::from(ROOT).join(format!(".cache/e2e-logs/kubeconfig-{name}"));
+    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    path
 }
