@@ -531,3 +531,82 @@ fn dispatch_message<E: std::error::Error + 'static>(err: &SdkError<E, HttpRespon
     }
     message
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::error::ErrorMetadata;
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+    use aws_sdk_ec2::operation::run_instances::RunInstancesError;
+    use aws_sdk_ec2::operation::stop_instances::StopInstancesError;
+    use aws_sdk_ec2::operation::terminate_instances::TerminateInstancesError;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+
+    fn ec2(client: aws_sdk_ec2::Client) -> AwsEc2 {
+        AwsEc2::new(client, Arc::new(Metrics::default()))
+    }
+
+    fn meta(code: &str) -> ErrorMetadata {
+        ErrorMetadata::builder().code(code).message("from the mock").build()
+    }
+
+    fn fault_of(err: Error) -> AwsFault {
+        match err {
+            Error::Aws(fault) => fault,
+            other => panic!("expected an AWS fault, got {other:?}"),
+        }
+    }
+
+    #[tokio::test]
+    async fn describing_an_unknown_id_finds_nothing_instead_of_failing() {
+        let rule = mock!(aws_sdk_ec2::Client::describe_instances)
+            .then_error(|| DescribeInstancesError::generic(meta("InvalidInstanceID.NotFound")));
+        let ec2 = ec2(mock_client!(aws_sdk_ec2, [&rule]));
+        assert_eq!(
+            ec2.describe_by_ids(&["i-0123456789abcdef0".into()]).await.unwrap(),
+            vec![]
+        );
+    }
+
+    #[tokio::test]
+    async fn a_bad_ami_is_terminal_and_keeps_the_aws_code() {
+        let rule = mock!(aws_sdk_ec2::Client::run_instances)
+            .match_requests(|r| r.client_token() == Some("token") && r.metadata_options().is_some())
+            .then_error(|| RunInstancesError::generic(meta("InvalidAMIID.NotFound")));
+        let ec2 = ec2(mock_client!(aws_sdk_ec2, [&rule]));
+        let request = LaunchRequest {
+            client_token: "token".into(),
+            image_id: "ami-12345678".into(),
+            instance_type: "t3.micro".into(),
+            ..Default::default()
+        };
+        let fault = fault_of(ec2.run_instance(&request).await.unwrap_err());
+        assert_eq!(
+            (fault.operation, fault.code.as_str(), fault.retryable),
+            ("RunInstances", "InvalidAMIID.NotFound", false)
+        );
+        assert_eq!(
+            rule.num_calls(),
+            1,
+            "the request carried the ClientToken and IMDSv2 options"
+        );
+    }
+
+    #[tokio::test]
+    async fn throttling_is_transient() {
+        let rule = mock!(aws_sdk_ec2::Client::stop_instances)
+            .then_error(|| StopInstancesError::generic(meta("RequestLimitExceeded")));
+        let ec2 = ec2(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]));
+        let fault = fault_of(ec2.stop("i-0123456789abcdef0").await.unwrap_err());
+        assert!(fault.retryable, "{fault}");
+    }
+
+    #[tokio::test]
+    async fn terminating_an_instance_ec2_no_longer_knows_succeeds() {
+        let rule = mock!(aws_sdk_ec2::Client::terminate_instances)
+            .then_error(|| TerminateInstancesError::generic(meta("InvalidInstanceID.NotFound")));
+        let ec2 = ec2(mock_client!(aws_sdk_ec2, [&rule]));
+        ec2.terminate("i-0123456789abcdef0").await.unwrap();
+    }
+}

@@ -138,3 +138,86 @@ impl ObservedInstance {
         self
     }
 }
+
+/// A mocked API server (tower-test) that answers every request the reconcile makes and
+/// records them: events are accepted, patches echo the object back with the patch applied.
+pub struct ApiServer {
+    requests: std::sync::Arc<std::sync::Mutex<Vec<(http::Method, String, serde_json::Value)>>>,
+}
+
+impl ApiServer {
+    /// A client for the mock, and the mock answering as if `obj` were stored.
+    pub fn start(obj: Ec2Instance) -> (kube::Client, ApiServer) {
+        use kube::client::Body;
+        let (service, mut handle) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let recorded = requests.clone();
+        tokio::spawn(async move {
+            while let Some((request, respond)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let bytes = body.collect_bytes().await.unwrap();
+                let body: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or(serde_json::Value::Null);
+                let path = parts.uri.path().to_owned();
+                recorded
+                    .lock()
+                    .unwrap()
+                    .push((parts.method.clone(), path.clone(), body.clone()));
+                let answer = if path.contains("/events") {
+                    body
+                } else {
+                    let mut current = serde_json::to_value(&obj).unwrap();
+                    if let Some(status) = body.get("status") {
+                        current["status"] = status.clone();
+                    }
+                    current
+                };
+                respond.send_response(http::Response::new(Body::from(serde_json::to_vec(&answer).unwrap())));
+            }
+        });
+        (kube::Client::new(service, "default"), ApiServer { requests })
+    }
+
+    /// `(method, path, body)` of every request so far.
+    pub fn requests(&self) -> Vec<(http::Method, String, serde_json::Value)> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    pub fn status_patches(&self) -> Vec<serde_json::Value> {
+        self.requests()
+            .into_iter()
+            .filter(|(_, path, _)| path.ends_with("/status"))
+            .map(|(_, _, body)| body)
+            .collect()
+    }
+}
+
+/// A Context on a mocked API server and a mocked EC2 client.
+pub fn context(client: kube::Client, ec2: aws_sdk_ec2::Client) -> std::sync::Arc<crate::reconcile::Context> {
+    use std::sync::Arc;
+    use std::time::Duration;
+    let metrics = Arc::new(crate::metrics::Metrics::default());
+    let for_ec2 = metrics.clone();
+    let regions = crate::ec2::Ec2Regions::new("us-east-1".into(), move |_| {
+        Arc::new(crate::ec2::AwsEc2::new(ec2.clone(), for_ec2.clone())) as Arc<dyn crate::ec2::Ec2>
+    });
+    let recorder = kube::runtime::events::Recorder::new(
+        client.clone(),
+        kube::runtime::events::Reporter {
+            controller: "ec2-operator".into(),
+            instance: None,
+        },
+    );
+    let timing = crate::reconcile::Timing {
+        poll_interval: Duration::from_secs(30),
+        transition_interval: Duration::from_secs(5),
+        terminal_retry_interval: Duration::from_secs(300),
+    };
+    Arc::new(crate::reconcile::Context::new(
+        client,
+        recorder,
+        regions,
+        metrics,
+        timing,
+        CLUSTER_ID.into(),
+    ))
+}

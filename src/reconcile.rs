@@ -545,3 +545,155 @@ fn step_label(step: &Step) -> &'static str {
         Step::Tag { .. } => "tag",
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::operation::run_instances::RunInstancesOutput;
+    use aws_sdk_ec2::types::{Instance, InstanceState as SdkState, InstanceStateName, Reservation, Tag};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    use super::*;
+    use crate::fixtures::*;
+
+    fn sdk_instance(id: &str, state: InstanceStateName, owner: &str) -> Instance {
+        Instance::builder()
+            .instance_id(id)
+            .instance_type("t3.micro".into())
+            .state(SdkState::builder().name(state).build())
+            .tags(Tag::builder().key(TAG_OWNER_UID).value(owner).build())
+            .build()
+    }
+
+    fn described(instances: Vec<Instance>) -> DescribeInstancesOutput {
+        DescribeInstancesOutput::builder()
+            .reservations(Reservation::builder().set_instances(Some(instances)).build())
+            .build()
+    }
+
+    #[tokio::test]
+    async fn a_new_object_launches_once_with_its_token_and_records_the_id_at_once() {
+        let obj = Ec2Instance::test().finalized();
+        let none_owned = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:k106.com/owner-uid")))
+            .then_output(|| described(vec![]));
+        let launch = mock!(aws_sdk_ec2::Client::run_instances)
+            .match_requests(|r| {
+                r.client_token() == Some(UID)
+                    && r.tag_specifications().iter().all(|spec| {
+                        spec.tags()
+                            .iter()
+                            .any(|t| t.key() == Some(TAG_OWNER_UID) && t.value() == Some(UID))
+                    })
+            })
+            .then_output(|| {
+                RunInstancesOutput::builder()
+                    .instances(sdk_instance("i-0aaaaaaaaaaaaaaaa", InstanceStateName::Pending, UID))
+                    .build()
+            });
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&none_owned, &launch]);
+        let (client, server) = ApiServer::start(obj.clone());
+
+        let action = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+
+        assert_eq!(
+            launch.num_calls(),
+            1,
+            "RunInstances carried the UID token and owner tags"
+        );
+        assert_eq!(
+            action,
+            Action::requeue(Duration::from_secs(5)),
+            "a launching instance is checked again soon"
+        );
+        let first_status = &server.status_patches()[0]["status"];
+        assert_eq!(
+            first_status["instanceId"], "i-0aaaaaaaaaaaaaaaa",
+            "the id is the first thing written"
+        );
+        assert_eq!(first_status["conditions"][0]["reason"], "Launching");
+        let events: Vec<String> = server
+            .requests()
+            .iter()
+            .filter(|(_, path, _)| path.contains("/events"))
+            .map(|(_, _, body)| body["reason"].as_str().unwrap_or_default().to_owned())
+            .collect();
+        assert_eq!(events, vec!["Launched"]);
+    }
+
+    #[tokio::test]
+    async fn an_instance_found_by_owner_tag_is_adopted_not_duplicated() {
+        let obj = Ec2Instance::test().finalized();
+        let owned = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+            described(vec![sdk_instance(
+                "i-0bbbbbbbbbbbbbbbb",
+                InstanceStateName::Running,
+                UID,
+            )])
+        });
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
+        let tags = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&owned, &launch, &tags]);
+        let (client, server) = ApiServer::start(obj.clone());
+
+        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+
+        assert_eq!(launch.num_calls(), 0, "no RunInstances when the owner tag finds one");
+        let last = server.status_patches().pop().unwrap();
+        assert_eq!(last["status"]["instanceId"], "i-0bbbbbbbbbbbbbbbb");
+    }
+
+    #[tokio::test]
+    async fn deleting_keeps_the_finalizer_until_the_instance_is_terminated() {
+        let mut obj = Ec2Instance::test().finalized();
+        obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        let running = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+            described(vec![sdk_instance(
+                "i-0ccccccccccccccccc",
+                InstanceStateName::Running,
+                UID,
+            )])
+        });
+        let terminate = mock!(aws_sdk_ec2::Client::terminate_instances)
+            .then_output(|| aws_sdk_ec2::operation::terminate_instances::TerminateInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&running, &terminate]);
+        let (client, server) = ApiServer::start(obj.clone());
+
+        let err = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap_err();
+
+        assert!(matches!(err.root(), Error::Waiting(_)), "{err}");
+        assert_eq!(terminate.num_calls(), 1);
+        let finalizer_removed = server
+            .requests()
+            .iter()
+            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        assert!(
+            !finalizer_removed,
+            "the finalizer stays while the instance is not terminated"
+        );
+    }
+
+    #[tokio::test]
+    async fn deleting_an_object_without_any_instance_releases_it_after_one_lookup() {
+        let mut obj = Ec2Instance::test().finalized();
+        obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        let nothing = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let ec2 = mock_client!(aws_sdk_ec2, [&nothing]);
+        let (client, server) = ApiServer::start(obj.clone());
+
+        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+
+        assert_eq!(nothing.num_calls(), 1, "one owner-tag lookup, no other EC2 call");
+        let removal = server
+            .requests()
+            .into_iter()
+            .find(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        let (_, _, patch) = removal.expect("finalizer removed");
+        assert!(patch.to_string().contains("remove"), "{patch}");
+    }
+}
