@@ -8,7 +8,7 @@ use std::time::Duration;
 use aws_sdk_ec2::types::InstanceAttributeName;
 use base64::Engine as _;
 use kube::ResourceExt;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{Patch, PatchParams};
 use serde_json::json;
 use support::{Bed, Operator, eventually, state_of, tags_of};
 
@@ -84,11 +84,7 @@ async fn delete_terminates_the_instance_then_releases_the_object() {
     bed.create(&ns, "doomed", json!({})).await;
     let id = bed.ready(&ns, "doomed").await.status.unwrap().instance_id.unwrap();
 
-    bed.api(&ns).delete("doomed", &DeleteParams::default()).await.unwrap();
-    eventually("object gone", MINUTE, || async {
-        bed.api(&ns).get_opt("doomed").await.unwrap().is_none().then_some(())
-    })
-    .await;
+    bed.delete(&ns, "doomed").await;
     assert_eq!(state_of(&bed.instance(&id).await), "terminated");
 }
 
@@ -302,11 +298,7 @@ async fn retain_leaves_the_instance_running_without_operator_tags() {
     .await;
     let id = bed.ready(&ns, "keeper").await.status.unwrap().instance_id.unwrap();
 
-    bed.api(&ns).delete("keeper", &DeleteParams::default()).await.unwrap();
-    eventually("object gone", MINUTE, || async {
-        bed.api(&ns).get_opt("keeper").await.unwrap().is_none().then_some(())
-    })
-    .await;
+    bed.delete(&ns, "keeper").await;
     let instance = bed.instance(&id).await;
     assert_eq!(state_of(&instance), "running");
     let tags = tags_of(&instance);
@@ -602,10 +594,6 @@ async fn the_operator_needs_nothing_beyond_its_cluster_role() {
     let id = bed.ready(&ns, "least").await.status.unwrap().instance_id.unwrap();
     let described = bed.kubectl(&["describe", "ec2i", "least", "-n", &ns]);
     assert!(described.contains("Launched"), "events are written: {described}");
-    bed.api(&ns).delete("least", &DeleteParams::default()).await.unwrap();
-    eventually("object gone", MINUTE, || async {
-        bed.api(&ns).get_opt("least").await.unwrap().is_none().then_some(())
-    })
-    .await;
+    bed.delete(&ns, "least").await;
     assert_eq!(state_of(&bed.instance(&id).await), "terminated");
 }

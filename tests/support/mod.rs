@@ -14,7 +14,7 @@ use aws_sdk_ec2::types::{Filter, Instance};
 use ec2_operator::crd::Ec2Instance;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
 pub const ROOT: &str = env!("CARGO_MANIFEST_DIR");
@@ -147,6 +147,18 @@ impl Bed {
             },
         )
         .await
+    }
+
+    /// Deletes the object and waits until it is gone (its finalizer released).
+    pub async fn delete(&self, namespace: &str, name: &str) {
+        let api = self.api(namespace);
+        api.delete(name, &DeleteParams::default())
+            .await
+            .expect("delete is accepted");
+        eventually(&format!("{namespace}/{name} gone"), Duration::from_secs(60), || async {
+            api.get_opt(name).await.expect("get").is_none().then_some(())
+        })
+        .await;
     }
 
     pub async fn instance(&self, id: &str) -> Instance {
