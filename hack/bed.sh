@@ -6,6 +6,7 @@
 #   hack/bed.sh down     stop everything the bed started, by PID; idempotent
 #   hack/bed.sh status   exit 0 when both are up
 #   hack/bed.sh env      print `export` lines (eval "$(hack/bed.sh env)")
+#   hack/bed.sh stop-operator   stop only the operator `make demo` started
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -73,6 +74,7 @@ case "${1:-}" in
   up) up ;;
   down) down ;;
   status) if status; then echo up; else echo down; exit 1; fi ;;
+  stop-operator) stop_operator ;;
   env) [ -f "$ENVFILE" ] || { say "not up: run make up"; exit 1; }; cat "$ENVFILE" ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|stop-operator" >&2; exit 2 ;;
 esac

@@ -15,7 +15,13 @@ fi
 # Build first, while the bed comes up: the cold build and the cold bed are the long poles.
 cargo build --all-targets --locked 2>&1 | tail -n 3 &
 build=$!
-if [ "$started" = 1 ]; then hack/bed.sh up; else echo "bed: reusing the running test bed" >&2; fi
+if [ "$started" = 1 ]; then
+  hack/bed.sh up
+else
+  echo "bed: reusing the running test bed" >&2
+  # The demo operator watches every namespace and would fight the operator each test starts.
+  hack/bed.sh stop-operator
+fi
 wait "$build"
 
 eval "$(hack/bed.sh env)"
