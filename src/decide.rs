@@ -241,22 +241,25 @@ pub fn applied_tag_keys(spec: &Ec2InstanceSpec) -> Vec<String> {
 }
 
 /// Of the instances found for one owner, the one to manage: the status's own if still alive,
-/// else the oldest live one, else the status's dead one (so that it is replaced). Returns the
+/// else the oldest live one, else the status's dead one, else the newest dead one (so that it
+/// is replaced). Returns the
 /// chosen instance and any other live ones (duplicates only a lenient EC2 would let through).
 pub fn choose(
     mut found: Vec<ObservedInstance>,
     status_id: Option<&str>,
 ) -> (Option<ObservedInstance>, Vec<ObservedInstance>) {
-    found.sort_by(|a, b| {
-        let key = |i: &ObservedInstance| {
-            (
-                i.state.is_dead(),
-                Some(i.id.as_str()) != status_id,
-                i.launch_time.clone(),
-                i.id.clone(),
-            )
+    use std::cmp::Reverse;
+    // Live before dead; the status's own first; then live ones oldest first (stable choice),
+    // dead ones newest first: a replacement's ClientToken names the newest dead instance,
+    // whose token has not been used yet.
+    found.sort_by_key(|i| {
+        let launched = i.launch_time.clone().unwrap_or_default();
+        let order = if i.state.is_dead() {
+            (String::new(), Reverse(launched))
+        } else {
+            (launched, Reverse(String::new()))
         };
-        key(a).cmp(&key(b))
+        (i.state.is_dead(), Some(i.id.as_str()) != status_id, order, i.id.clone())
     });
     let mut found = found.into_iter();
     let chosen = found.next();
@@ -566,6 +569,17 @@ mod tests {
         let (chosen, extras) = choose(vec![dead.clone()], Some("i-ccccccccccccccccc"));
         assert_eq!(chosen.unwrap().id, dead.id);
         assert!(extras.is_empty());
+        let older_dead = dead
+            .clone()
+            .with_id("i-ddddddddddddddddd")
+            .launched("2025-01-01T00:00:00Z");
+        let newer_dead = dead.with_id("i-eeeeeeeeeeeeeeeee").launched("2026-06-01T00:00:00Z");
+        let (chosen, _) = choose(vec![older_dead, newer_dead.clone()], None);
+        assert_eq!(
+            chosen.unwrap().id,
+            newer_dead.id,
+            "status lost: replace the newest dead instance"
+        );
     }
 
     #[test]
