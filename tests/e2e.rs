@@ -45,6 +45,10 @@ async fn apply_reaches_ready_with_status_columns_and_events() {
         "{status:?}"
     );
     assert_eq!(status.observed_generation, Some(1));
+    // The operator never writes the spec (GitOps tools must see no diff): generation is still 1
+    // and the spec is exactly what was applied.
+    assert_eq!(obj.metadata.generation, Some(1));
+    assert_eq!(obj.spec, created.spec);
 
     let instance = bed.instance(&id).await;
     let tags = tags_of(&instance);
