@@ -64,6 +64,7 @@ pub fn user_data_sha256(user_data: &str) -> String {
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
     /// No live instance: launch one. `replaces` names the instance that vanished, if any.
+    /// Always the only step of its plan, so the status write that follows records the new id.
     Launch {
         replaces: Option<String>,
     },

@@ -272,18 +272,7 @@ impl<'a> Reconciler<'a> {
     /// instance that status does not name yet; its tags were set atomically at launch).
     async fn find(&self) -> Result<Option<ObservedInstance>> {
         let status_id = self.status_id();
-        let mut found = match status_id {
-            Some(id) => self.ec2.describe_by_ids(&[id.to_owned()]).await?,
-            None => Vec::new(),
-        };
-        if found.iter().all(|i| i.state.is_dead()) {
-            for instance in self.describe_owned().await? {
-                if !found.iter().any(|f| f.id == instance.id) {
-                    found.push(instance);
-                }
-            }
-        }
-        let (chosen, extras) = decide::choose(found, status_id);
+        let (chosen, extras) = decide::choose(self.describe_known(false).await?, status_id);
         if !extras.is_empty() {
             let ids: Vec<&str> = extras.iter().map(|i| i.id.as_str()).collect();
             self.publish(
@@ -296,6 +285,24 @@ impl<'a> Reconciler<'a> {
             .await;
         }
         Ok(chosen)
+    }
+
+    /// The status's instance, plus every instance carrying this object's owner tag: always
+    /// when `every_owned` (deletion must find them all), else only when the status's
+    /// instance is gone or dead.
+    async fn describe_known(&self, every_owned: bool) -> Result<Vec<ObservedInstance>> {
+        let mut found = match self.status_id() {
+            Some(id) => self.ec2.describe_by_ids(&[id.to_owned()]).await?,
+            None => Vec::new(),
+        };
+        if every_owned || found.iter().all(|i| i.state.is_dead()) {
+            for instance in self.describe_owned().await? {
+                if !found.iter().any(|f| f.id == instance.id) {
+                    found.push(instance);
+                }
+            }
+        }
+        Ok(found)
     }
 
     async fn describe_owned(&self) -> Result<Vec<ObservedInstance>> {
@@ -314,7 +321,7 @@ impl<'a> Reconciler<'a> {
                 .run_instance(&desired.launch_request(replaces.as_deref()))
                 .await?;
             self.ctx.inventory.changed(&instance.id);
-            self.ctx.metrics.action("launch");
+            self.ctx.metrics.action(step_label(step));
             match replaces {
                 Some(old) => {
                     self.publish(
@@ -331,18 +338,6 @@ impl<'a> Reconciler<'a> {
                         .await
                 }
             }
-            // Record the id at once; the owner tag and ClientToken already prevent a duplicate.
-            let status = status::next_status(
-                &self.obj,
-                Some(&instance),
-                self.applied_tag_keys(),
-                Readiness::not_ready(
-                    "Launching",
-                    format!("instance {} launched, waiting for it to run", instance.id),
-                ),
-                jiff::Timestamp::now(),
-            );
-            status::write(&self.api, &self.obj, status).await?;
             *current = Some(instance);
             return Ok(());
         }
@@ -459,15 +454,7 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn release(&self) -> Result<Action> {
-        let mut owned = match self.status_id() {
-            Some(id) => self.ec2.describe_by_ids(&[id.to_owned()]).await?,
-            None => Vec::new(),
-        };
-        for instance in self.describe_owned().await? {
-            if !owned.iter().any(|o| o.id == instance.id) {
-                owned.push(instance);
-            }
-        }
+        let owned = self.describe_known(true).await?;
         match decide::plan_cleanup(self.obj.spec.deletion_policy, &owned) {
             Cleanup::Release => {
                 if let Some(instance) = owned.first() {
