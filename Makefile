@@ -32,8 +32,13 @@ lint: ## rustfmt and clippy, warnings are errors
 fmt: ## Format the code
 	cargo fmt --all
 
-crds: ## Regenerate crds/ from the Rust types
-	cargo run --quiet --locked --bin crdgen > crds/ec2instance.yaml
+crds: build ## Regenerate crds/ from the Rust types
+	@# Through a temp file, so a failed run never leaves an empty CRD behind.
+	target/debug/crdgen > crds/.ec2instance.yaml.tmp
+	mv crds/.ec2instance.yaml.tmp crds/ec2instance.yaml
 
-build: ## Build the operator
-	cargo build --locked --bin ec2-operator
+# One dev build for everything (demo, tests, crdgen): `--all-targets` turns on the dev-dependencies'
+# features (aws-smithy-mocks' test-util), and any build without them, such as `cargo run --bin`,
+# would compile aws-sdk-ec2 a second time (about 6 minutes on 2 cores).
+build: ## Build the operator, crdgen and the tests (debug)
+	cargo build --locked --all-targets

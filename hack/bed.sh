@@ -9,7 +9,8 @@
 #   hack/bed.sh stop-operator   stop only the operator `make demo` started
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$(repo_root)"
 export BED_CACHE="${BED_CACHE:-$ROOT/.cache}"
 BED="$BED_CACHE/bed"
 ENVFILE="$BED/env"
@@ -49,11 +50,8 @@ MSG
 
 stop_operator() {
   local pid
-  pid="$(cat "$OPERATOR_PID" 2>/dev/null || true)"
-  if [[ "$pid" =~ ^[0-9]+$ ]] && tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q ec2-operator; then
-    kill "$pid" 2>/dev/null || true
-    for _ in $(seq 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$pid" 2>/dev/null || true
+  if pid="$(pid_from_file "$OPERATOR_PID" ec2-operator)"; then
+    stop_pid "$pid"
     say "operator (pid $pid) stopped"
   fi
   rm -f "$OPERATOR_PID"

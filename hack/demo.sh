@@ -3,12 +3,13 @@
 # example applied and shown Ready.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+ROOT="$(repo_root)"
 cd "$ROOT"
-BED=".cache/bed"
+BED="${BED_CACHE:-$ROOT/.cache}/bed"
 
 echo "==> building the operator (the first build takes several minutes)"
-cargo build --locked --bin ec2-operator 2>&1 | tail -n 1 &
+make -s build 2>&1 | tail -n 1 &
 build=$!
 echo "==> starting the sandbox: kube-apiserver + etcd and LocalStack EC2"
 hack/bed.sh up
@@ -19,8 +20,7 @@ echo "==> installing the CRD"
 kubectl apply -f crds/
 kubectl wait --for=condition=Established crd/ec2instances.k106.com --timeout=60s
 
-pid="$(cat "$BED/operator.pid" 2>/dev/null || true)"
-if [[ "$pid" =~ ^[0-9]+$ ]] && kill -0 "$pid" 2>/dev/null; then
+if pid="$(pid_from_file "$BED/operator.pid" ec2-operator)"; then
   echo "==> operator already running (pid $pid)"
 else
   echo "==> starting the operator (log: $BED/operator.log)"

@@ -3,8 +3,8 @@
 # takes it down again, even when a test fails); reuses a bed that `make up` started.
 set -euo pipefail
 
-ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
-cd "$ROOT"
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
+cd "$(repo_root)"
 
 started=0
 if ! hack/bed.sh status >/dev/null 2>&1; then
@@ -13,7 +13,7 @@ if ! hack/bed.sh status >/dev/null 2>&1; then
 fi
 
 # Build first, while the bed comes up: the cold build and the cold bed are the long poles.
-cargo build --all-targets --locked 2>&1 | tail -n 3 &
+make -s build 2>&1 | tail -n 3 &
 build=$!
 if [ "$started" = 1 ]; then
   hack/bed.sh up

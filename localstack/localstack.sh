@@ -12,7 +12,8 @@
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-ROOT="$(git -C "$HERE" rev-parse --show-toplevel 2>/dev/null || dirname "$HERE")"
+. "$HERE/../hack/lib.sh"
+ROOT="$(repo_root)"
 CACHE="${BED_CACHE:-$ROOT/.cache}"
 PORT="${LOCALSTACK_PORT:-4566}"
 TIMEOUT="${LOCALSTACK_START_TIMEOUT:-120}"
@@ -26,7 +27,6 @@ ENVFILE="$CACHE/bed/localstack.env"
 ENDPOINT="http://127.0.0.1:$PORT"
 
 log() { echo "localstack.sh: $*" >&2; }
-die() { log "ERROR: $*"; exit 1; }
 
 install() {
   mkdir -p "$CACHE"
@@ -46,21 +46,12 @@ install() {
 }
 
 # pid from the pid file if that process is alive and is our LocalStack, else empty
-our_pid() {
-  local pid
-  pid="$(cat "$PIDFILE" 2>/dev/null || true)"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 0
-  if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q "localstack.runtime.main"; then
-    echo "$pid"
-  fi
-}
+our_pid() { pid_from_file "$PIDFILE" localstack.runtime.main || true; }
 
 healthy() {
   curl -fsS --max-time 3 "$ENDPOINT/_localstack/health" 2>/dev/null \
     | grep -Eq '"ec2": *"(available|running)"'
 }
-
-port_taken() { (exec 3<>"/dev/tcp/127.0.0.1/$PORT") 2>/dev/null; }
 
 wait_healthy() {
   local pid="$1" deadline=$((SECONDS + TIMEOUT))
@@ -124,30 +115,18 @@ tree_pids() {
 }
 
 stop() {
-  local pid pids alive p i
+  local pid
   pid="$(our_pid)"
   if [ -z "$pid" ]; then
     rm -f "$PIDFILE" "$PORTFILE" "$ENVFILE"
     log "localstack already down"
     return 0
   fi
-  pids="$(tree_pids "$pid")"
+  # LocalStack runs workers: signal its process group, then make sure every one of them ends.
+  local pids
+  read -ra pids <<<"$(tree_pids "$pid")"
   kill -TERM -- "-$pid" 2>/dev/null || true
-  # shellcheck disable=SC2086 # word splitting wanted: a list of pids
-  kill -TERM $pids 2>/dev/null || true
-  for ((i = 0; i < 100; i++)); do
-    alive=""
-    for p in $pids; do kill -0 "$p" 2>/dev/null && alive="$alive $p"; done
-    [ -z "$alive" ] && break
-    sleep 0.1
-  done
-  if [ -n "$alive" ]; then
-    log "still alive after 10s, sending KILL to:$alive"
-    kill -KILL -- "-$pid" 2>/dev/null || true
-    # shellcheck disable=SC2086
-    kill -KILL $alive 2>/dev/null || true
-    sleep 0.5
-  fi
+  stop_pid "${pids[@]}"
   rm -f "$PIDFILE" "$PORTFILE" "$ENVFILE"
   log "localstack stopped (pid $pid)"
 }
@@ -171,7 +150,7 @@ up() {
     fi
   else
     rm -f "$PIDFILE"
-    if port_taken; then
+    if port_in_use "$PORT"; then
       die "127.0.0.1:$PORT is already in use by a process not started by this script; stop it or set LOCALSTACK_PORT to a free port"
     fi
     start

@@ -5,7 +5,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="${BED_CACHE:-$(git -C "$here" rev-parse --show-toplevel)/.cache}"
+. "$here/../../hack/lib.sh"
+CACHE="${BED_CACHE:-$(repo_root)/.cache}"
 bin="$CACHE/bin"
 stampfile="$bin/.stamp"
 

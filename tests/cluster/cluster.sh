@@ -12,7 +12,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-CACHE="${BED_CACHE:-$(git -C "$here" rev-parse --show-toplevel)/.cache}"
+. "$here/../../hack/lib.sh"
+CACHE="${BED_CACHE:-$(repo_root)/.cache}"
 ETCD_PORT="${ETCD_PORT:-23790}"
 ETCD_PEER_PORT="${ETCD_PEER_PORT:-23800}"
 APISERVER_PORT="${APISERVER_PORT:-16443}"
@@ -23,33 +24,13 @@ kubeconfig="$CACHE/bed/kubeconfig"
 envfile="$CACHE/bed/cluster.env"
 server="https://127.0.0.1:$APISERVER_PORT"
 
-die() { echo "cluster.sh: $*" >&2; exit 1; }
-
-# Prints the pid recorded for $1 if that process is alive and still runs our
-# binary; a bare `kill -0` could match an unrelated process that reused the pid.
-# " (deleted)": the binary was rebuilt while the process kept running.
-live_pid() {
-  local pidfile="$dir/$1.pid" pid exe
-  [[ -f "$pidfile" ]] || return 1
-  pid="$(cat "$pidfile")"
-  [[ "$pid" =~ ^[0-9]+$ ]] || return 1
-  exe="$(readlink "/proc/$pid/exe" 2>/dev/null)" || return 1
-  [[ "${exe% (deleted)}" == "$(readlink -f "$bin/$1")" ]] || return 1
-  echo "$pid"
-}
-
-# Alive and not a zombie (an exited process waiting for its parent to reap it).
-running() {
-  local state
-  state="$(awk '{print $3}' "/proc/$1/stat" 2>/dev/null)" && [[ -n "$state" && "$state" != Z ]]
-}
+# The pid recorded for $1 if that process is alive and still runs our binary.
+live_pid() { pid_from_file "$dir/$1.pid" "$bin/$1"; }
 
 ready() {
   [[ -f "$kubeconfig" ]] &&
     [[ "$(kubectl --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz 2>/dev/null)" == ok ]]
 }
-
-port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 # Self-signed CA plus leaf certs, generated once and kept across up/down so
 # an exported kubeconfig stays valid. EC P-256 keys: instant to generate.
@@ -169,16 +150,11 @@ cmd_up() {
 }
 
 cmd_down() {
-  local name pid i
+  local name pid
   # apiserver first so it does not log etcd connection errors while stopping.
   for name in kube-apiserver etcd; do
     if pid="$(live_pid "$name")"; then
-      kill -TERM "$pid" 2>/dev/null || true
-      for ((i = 0; i < 100; i++)); do
-        running "$pid" || break
-        sleep 0.1
-      done
-      if running "$pid"; then kill -KILL "$pid" 2>/dev/null || true; fi
+      stop_pid "$pid"
       echo "stopped $name (pid $pid)"
     fi
     rm -f "$dir/$name.pid"
