@@ -13,15 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
-/// Tags the operator itself puts on every instance it launches. Users may not set keys with this
-/// prefix: they would fight the operator.
-pub const TAG_PREFIX: &str = "k106.com/";
-/// EC2 allows 50 tags per resource; the operator uses [`SYSTEM_TAG_COUNT`] of them.
-pub const MAX_USER_TAGS: usize = 45;
-/// Number of tags the operator reserves on each instance (see `tags.rs`).
-pub const SYSTEM_TAG_COUNT: usize = 5;
-/// EC2's limit on user data, before base64 encoding.
-pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
+use crate::model::{MAX_USER_DATA_BYTES, MAX_USER_TAGS, TAG_PREFIX};
 
 /// Desired state of one EC2 instance. The operator launches it, keeps it matching this spec,
 /// and terminates it when the object is deleted (unless `deletionPolicy: Retain`).
@@ -35,6 +27,7 @@ pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
     shortname = "ec2i",
     category = "aws",
     derive = "PartialEq",
+    doc = "An EC2 instance kept matching its spec: launched, started or stopped, modified, retagged, and terminated when the object is deleted.",
     printcolumn(name = "Instance", type_ = "string", json_path = ".status.instanceId"),
     printcolumn(name = "Type", type_ = "string", json_path = ".status.instanceType"),
     printcolumn(name = "State", type_ = "string", json_path = ".status.state"),
@@ -115,8 +108,8 @@ pub struct Ec2InstanceSpec {
     /// User data as plain text (the operator base64-encodes it), at most 16 KiB. Changing it
     /// stops the instance, modifies it and starts it again (when `desiredState` is `Running`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(length(max = 16384))]
-    #[x_kube(validation = Rule::new("size(bytes(self)) <= 16384").message("userData must be at most 16 KiB (16384 bytes)"))]
+    #[schemars(length(max = MAX_USER_DATA_BYTES))]
+    #[x_kube(validation = Rule::new(format!("size(bytes(self)) <= {MAX_USER_DATA_BYTES}")).message(format!("userData must be at most 16 KiB ({MAX_USER_DATA_BYTES} bytes)").as_str()))]
     pub user_data: Option<String>,
 
     /// Tags for the instance and its volumes. At most 45 (EC2 allows 50 per resource and the
@@ -124,10 +117,10 @@ pub struct Ec2InstanceSpec {
     /// AWS) and `k106.com/` (reserved by this operator) are not allowed. Keys removed from this map
     /// are removed from the instance; tags that others add are left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(extend("maxProperties" = 45, "additionalProperties" = {"type": "string", "maxLength": 256}))]
+    #[schemars(extend("maxProperties" = MAX_USER_TAGS, "additionalProperties" = {"type": "string", "maxLength": 256}))]
     #[x_kube(validation = Rule::new("self.all(k, size(k) >= 1 && size(k) <= 128)").message("tag keys must be 1-128 characters"))]
     #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('aws:'))").message("tag keys must not start with 'aws:' (reserved by AWS)"))]
-    #[x_kube(validation = Rule::new("self.all(k, !k.startsWith('k106.com/'))").message("tag keys must not start with 'k106.com/' (reserved by the operator)"))]
+    #[x_kube(validation = Rule::new(format!("self.all(k, !k.startsWith('{TAG_PREFIX}'))")).message(format!("tag keys must not start with '{TAG_PREFIX}' (reserved by the operator)").as_str()))]
     pub tags: Option<BTreeMap<String, String>>,
 
     /// Root EBS volume. Immutable: it is set at launch.
@@ -160,10 +153,18 @@ pub struct RootVolume {
     pub size_gib: Option<i32>,
     /// EBS volume type. Defaults to the AMI's type.
     #[serde(rename = "type", default, skip_serializing_if = "Option::is_none")]
+    #[schemars(transform = without_null_value)]
     pub volume_type: Option<VolumeType>,
     /// Encrypt the volume with the account's default EBS key.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub encrypted: Option<bool>,
+}
+
+/// schemars lists `null` among an optional enum's values; the API server wants `nullable` alone.
+fn without_null_value(schema: &mut schemars::Schema) {
+    if let Some(values) = schema.get_mut("enum").and_then(|v| v.as_array_mut()) {
+        values.retain(|v| !v.is_null());
+    }
 }
 
 /// EBS volume types accepted for the root volume.
@@ -250,6 +251,7 @@ pub struct Ec2InstanceStatus {
     /// `Ready` is True when the instance matches the spec (running, or stopped when
     /// `desiredState: Stopped`). Its reason says what the operator is doing or what failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
 }
 
@@ -262,7 +264,9 @@ impl Ec2InstanceStatus {
 /// The CRD as YAML, exactly as committed in `crds/ec2instance.yaml`.
 pub fn crd_yaml() -> String {
     use kube::CustomResourceExt;
-    serde_yaml::to_string(&Ec2Instance::crd()).expect("the CRD serializes to YAML")
+    // Long strings (CEL rules, descriptions) stay on one line: a folded rule is hard to read.
+    let options = serde_saphyr::ser_options! { folded_wrap_chars: 100_000 };
+    serde_saphyr::to_string_with_options(&Ec2Instance::crd(), options).expect("the CRD serializes to YAML")
 }
 
 #[cfg(test)]

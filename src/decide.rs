@@ -1,99 +1,18 @@
-//! The decisions: what to do, given what the spec asks for and what EC2 shows. Pure functions,
-//! no I/O: every branch is unit-tested below. The I/O shell (`reconcile.rs`) carries them out.
+//! The decisions: what to do, given what the spec asks for and what EC2 shows. Pure functions
+//! on the domain model, no I/O: every branch is unit-tested below. The reconcile shell observes,
+//! asks here, and hands each [`Step`] to the EC2 adapter.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use sha2::{Digest, Sha256};
+use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec};
+use crate::events::Reason;
+use crate::model::{
+    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_PREFIX, TAG_USER_DATA_SHA256,
+    user_data_sha256,
+};
 
-use crate::crd::{DeletionPolicy, DesiredState, Ec2InstanceSpec, TAG_PREFIX};
-use crate::ec2::{InstanceState, LaunchRequest, ObservedInstance, RootVolumeRequest};
-
-/// The object's UID: the instance's owner tag, and the root of its launch ClientToken.
-pub const TAG_OWNER_UID: &str = "k106.com/owner-uid";
-/// The cluster the owner lives in, so two clusters sharing an account never touch each other's
-/// instances; the inventory lists the fleet by this tag.
-pub const TAG_CLUSTER_ID: &str = "k106.com/cluster-id";
-pub const TAG_NAMESPACE: &str = "k106.com/namespace";
-pub const TAG_NAME: &str = "k106.com/name";
-/// SHA-256 of the user data last applied: EC2 does not return user data in DescribeInstances,
-/// and a tag is observed for free in the same call.
-pub const TAG_USER_DATA_SHA256: &str = "k106.com/user-data-sha256";
-
-/// Who owns an instance: the object, in one cluster.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub uid: String,
-    pub namespace: String,
-    pub name: String,
-    pub cluster_id: String,
-}
-
-impl Owner {
-    /// Tags the operator keeps on every instance it owns (user data hash aside).
-    pub fn tags(&self) -> BTreeMap<String, String> {
-        BTreeMap::from([
-            (TAG_OWNER_UID.to_owned(), self.uid.clone()),
-            (TAG_CLUSTER_ID.to_owned(), self.cluster_id.clone()),
-            (TAG_NAMESPACE.to_owned(), self.namespace.clone()),
-            (TAG_NAME.to_owned(), self.name.clone()),
-        ])
-    }
-
-    /// RunInstances ClientToken (at most 64 ASCII characters). The first launch uses the UID;
-    /// a replacement for a vanished instance adds that instance's id, so a retried launch maps
-    /// to the same token and EC2 never launches twice for one decision.
-    pub fn client_token(&self, replaces: Option<&str>) -> String {
-        match replaces {
-            None => self.uid.clone(),
-            Some(old) => format!("{}-{}", self.uid, old),
-        }
-        .chars()
-        .take(64)
-        .collect()
-    }
-}
-
-pub fn user_data_sha256(user_data: &str) -> String {
-    Sha256::digest(user_data.as_bytes())
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
-/// One step towards the spec. A plan is an ordered list of these.
-#[derive(Clone, Debug, PartialEq)]
-pub enum Action {
-    /// No live instance: launch one. `replaces` names the instance that vanished, if any.
-    /// Always the only step of its plan, so the status write that follows records the new id.
-    Launch {
-        replaces: Option<String>,
-    },
-    /// The instance is between states; look again soon.
-    Wait,
-    Start,
-    Stop,
-    ModifyInstanceType(String),
-    /// Replace the user data (empty clears it) and record its hash in a tag (None removes it).
-    ModifyUserData {
-        user_data: String,
-        sha256: Option<String>,
-    },
-    SetSecurityGroups(Vec<String>),
-    Tag {
-        set: BTreeMap<String, String>,
-        remove: Vec<String>,
-    },
-}
-
-impl Action {
-    /// Actions after which the instance changes state; the object is requeued quickly.
-    pub fn starts_transition(&self) -> bool {
-        matches!(
-            self,
-            Action::Launch { .. } | Action::Wait | Action::Start | Action::Stop
-        )
-    }
-}
+/// The Ready condition's name.
+pub const READY: &str = "Ready";
 
 /// What the spec asks of EC2 for this owner.
 pub struct Desired<'a> {
@@ -120,10 +39,10 @@ impl Desired<'_> {
         tags
     }
 
-    pub fn launch_request(&self, replaces: Option<&str>) -> LaunchRequest {
+    fn launch(&self, replaces: Option<String>) -> Step {
         let spec = self.spec;
-        LaunchRequest {
-            client_token: self.owner.client_token(replaces),
+        let request = Box::new(LaunchRequest {
+            client_token: self.owner.client_token(replaces.as_deref()),
             image_id: spec.image_id.clone(),
             instance_type: spec.instance_type.clone(),
             subnet_id: spec.subnet_id.clone(),
@@ -137,7 +56,8 @@ impl Desired<'_> {
                 volume_type: v.volume_type.map(|t| t.as_str().to_owned()),
                 encrypted: v.encrypted,
             }),
-        }
+        });
+        Step::Launch { request, replaces }
     }
 }
 
@@ -150,38 +70,34 @@ pub fn plan(
     observed: Option<&ObservedInstance>,
     previous: Option<&str>,
     applied_tag_keys: &[String],
-) -> Vec<Action> {
+) -> Vec<Step> {
     let instance = match observed {
         Some(instance) if !instance.state.is_dead() => instance,
         // Gone or terminated out of band: replace it, as a ReplicaSet replaces a deleted pod.
-        Some(dead) => {
-            return vec![Action::Launch {
-                replaces: Some(dead.id.clone()),
-            }];
-        }
-        None => {
-            return vec![Action::Launch {
-                replaces: previous.map(str::to_owned),
-            }];
-        }
+        Some(dead) => return vec![desired.launch(Some(dead.id.clone()))],
+        None => return vec![desired.launch(previous.map(str::to_owned))],
     };
+    let id = instance.id.clone();
 
-    let mut actions = Vec::new();
+    let mut steps = Vec::new();
     if let Some(tagging) = tag_changes(desired, instance, applied_tag_keys) {
-        actions.push(tagging);
+        steps.push(tagging);
     }
     let settled = match instance.state {
         InstanceState::Running | InstanceState::Stopped => instance.state,
         _ => {
-            actions.push(Action::Wait);
-            return actions;
+            steps.push(Step::Wait);
+            return steps;
         }
     };
 
     if let Some(groups) = &desired.spec.security_group_ids {
         let wanted: BTreeSet<&String> = groups.iter().collect();
         if wanted != instance.security_group_ids.iter().collect() {
-            actions.push(Action::SetSecurityGroups(groups.clone()));
+            steps.push(Step::SetSecurityGroups {
+                id: id.clone(),
+                groups: groups.clone(),
+            });
         }
     }
 
@@ -193,34 +109,38 @@ pub fn plan(
     if wrong_type || wrong_user_data {
         // EC2 changes type and user data only on a stopped instance: stop, modify, start.
         if settled == InstanceState::Running {
-            actions.push(Action::Stop);
-            return actions;
+            steps.push(Step::Stop(id));
+            return steps;
         }
         if wrong_type {
-            actions.push(Action::ModifyInstanceType(desired.spec.instance_type.clone()));
+            steps.push(Step::ModifyInstanceType {
+                id: id.clone(),
+                instance_type: desired.spec.instance_type.clone(),
+            });
         }
         if wrong_user_data {
-            actions.push(Action::ModifyUserData {
+            steps.push(Step::ModifyUserData {
+                id: id.clone(),
                 user_data: desired.spec.user_data.clone().unwrap_or_default(),
                 sha256: wanted_hash,
             });
         }
         if want_running {
-            actions.push(Action::Start);
+            steps.push(Step::Start(id));
         }
-        return actions;
+        return steps;
     }
 
     match (settled, want_running) {
-        (InstanceState::Stopped, true) => actions.push(Action::Start),
-        (InstanceState::Running, false) => actions.push(Action::Stop),
+        (InstanceState::Stopped, true) => steps.push(Step::Start(id)),
+        (InstanceState::Running, false) => steps.push(Step::Stop(id)),
         _ => {}
     }
-    actions
+    steps
 }
 
 /// Tags to add or correct (spec and operator tags) and spec keys to remove.
-fn tag_changes(desired: &Desired, instance: &ObservedInstance, applied_tag_keys: &[String]) -> Option<Action> {
+fn tag_changes(desired: &Desired, instance: &ObservedInstance, applied_tag_keys: &[String]) -> Option<Step> {
     let mut wanted = desired.user_tags();
     wanted.extend(desired.owner.tags());
     let set: BTreeMap<String, String> = wanted
@@ -233,7 +153,11 @@ fn tag_changes(desired: &Desired, instance: &ObservedInstance, applied_tag_keys:
         .filter(|k| !wanted.contains_key(*k) && instance.tags.contains_key(*k))
         .cloned()
         .collect();
-    (!set.is_empty() || !remove.is_empty()).then_some(Action::Tag { set, remove })
+    (!set.is_empty() || !remove.is_empty()).then(|| Step::Tag {
+        id: instance.id.clone(),
+        set,
+        remove,
+    })
 }
 
 /// The spec tag keys to remember as applied once a plan has run.
@@ -241,10 +165,19 @@ pub fn applied_tag_keys(spec: &Ec2InstanceSpec) -> Vec<String> {
     spec.tags.iter().flat_map(|t| t.keys().cloned()).collect()
 }
 
+/// Ready for the current generation: the last reconcile found nothing to do, so the shared
+/// inventory is enough to notice drift.
+pub fn is_steady(obj: &Ec2Instance) -> bool {
+    obj.status
+        .as_ref()
+        .and_then(|s| s.condition(READY))
+        .is_some_and(|c| c.status == "True" && c.observed_generation == obj.metadata.generation)
+}
+
 /// Of the instances found for one owner, the one to manage: the status's own if still alive,
 /// else the oldest live one, else the status's dead one, else the newest dead one (so that it
-/// is replaced). Returns the
-/// chosen instance and any other live ones (duplicates only a lenient EC2 would let through).
+/// is replaced). Returns the chosen instance and any other live ones (duplicates only a
+/// lenient EC2 would let through).
 pub fn choose(
     mut found: Vec<ObservedInstance>,
     status_id: Option<&str>,
@@ -270,63 +203,176 @@ pub fn choose(
 
 /// What deleting the object does next.
 #[derive(Clone, Debug, PartialEq)]
-pub enum Cleanup {
-    /// Nothing of ours is left alive (or it is retained and released): drop the finalizer.
-    Release,
-    /// Terminate these instances, then look again.
-    Terminate(Vec<String>),
-    /// Termination under way; look again soon.
-    Wait,
-    /// `Retain`: remove the operator's tags from these instances, then drop the finalizer.
-    Untag(Vec<(String, Vec<String>)>),
+pub struct Cleanup {
+    /// Calls to make now: terminate (`Delete`) or release (`Retain`) every live owned instance.
+    pub steps: Vec<Step>,
+    /// Once the steps succeeded, drop the finalizer; otherwise look again until EC2 shows the
+    /// instances terminated.
+    pub release: bool,
 }
 
 /// `owned` are all instances found by status id or owner tag.
 pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance]) -> Cleanup {
-    let live: Vec<&ObservedInstance> = owned.iter().filter(|i| !i.state.is_dead()).collect();
+    let live = owned.iter().filter(|i| !i.state.is_dead());
     match policy {
-        DeletionPolicy::Delete if !live.is_empty() => Cleanup::Terminate(live.iter().map(|i| i.id.clone()).collect()),
-        DeletionPolicy::Delete if owned.iter().any(|i| i.state == InstanceState::ShuttingDown) => Cleanup::Wait,
-        DeletionPolicy::Delete => Cleanup::Release,
+        DeletionPolicy::Delete => {
+            let steps: Vec<Step> = live.map(|i| Step::Terminate(i.id.clone())).collect();
+            let shutting_down = owned.iter().any(|i| i.state == InstanceState::ShuttingDown);
+            let release = steps.is_empty() && !shutting_down;
+            Cleanup { steps, release }
+        }
         DeletionPolicy::Retain => {
-            let untag: Vec<(String, Vec<String>)> = live
-                .iter()
-                .map(|i| {
-                    (
-                        i.id.clone(),
-                        i.tags
-                            .keys()
-                            .filter(|k| k.starts_with(TAG_PREFIX))
-                            .cloned()
-                            .collect::<Vec<_>>(),
-                    )
+            let steps = live
+                .map(|i| Step::Release {
+                    id: i.id.clone(),
+                    keys: i.tags.keys().filter(|k| k.starts_with(TAG_PREFIX)).cloned().collect(),
                 })
-                .filter(|(_, keys)| !keys.is_empty())
+                .filter(|step| !matches!(step, Step::Release { keys, .. } if keys.is_empty()))
                 .collect();
-            if untag.is_empty() {
-                Cleanup::Release
-            } else {
-                Cleanup::Untag(untag)
-            }
+            Cleanup { steps, release: true }
         }
     }
+}
+
+/// The Ready condition's value, reason and message.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Readiness {
+    pub ready: bool,
+    /// CamelCase, e.g. `InstanceRunning`, `Starting`, `Failed`.
+    pub reason: &'static str,
+    pub message: String,
+}
+
+impl Readiness {
+    pub fn ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ready: true,
+            reason,
+            message: message.into(),
+        }
+    }
+    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            ready: false,
+            reason,
+            message: message.into(),
+        }
+    }
+}
+
+/// The Ready condition once `steps` ran and left the instance in `current`.
+pub fn readiness(want: DesiredState, steps: &[Step], current: Option<&ObservedInstance>) -> Readiness {
+    let Some(instance) = current else {
+        return Readiness::not_ready("Launching", "no instance yet");
+    };
+    let id = &instance.id;
+    let settled = steps.iter().all(|s| !s.starts_transition());
+    match (instance.state, want) {
+        _ if steps.iter().any(|s| matches!(s, Step::Launch { .. })) => {
+            Readiness::not_ready("Launching", format!("instance {id} launched, waiting for it to run"))
+        }
+        (InstanceState::Running, DesiredState::Running) if settled => Readiness::ready(
+            "InstanceRunning",
+            format!("instance {id} is running and matches the spec"),
+        ),
+        (InstanceState::Stopped, DesiredState::Stopped) if settled => Readiness::ready(
+            "InstanceStopped",
+            format!("instance {id} is stopped as desired and matches the spec"),
+        ),
+        (InstanceState::Stopping, DesiredState::Running) => Readiness::not_ready(
+            "Modifying",
+            format!("stopping instance {id} to change its type or user data"),
+        ),
+        (InstanceState::Pending, _) => Readiness::not_ready("Starting", format!("instance {id} is starting")),
+        (InstanceState::Stopping, _) => Readiness::not_ready("Stopping", format!("instance {id} is stopping")),
+        (state, _) => Readiness::not_ready("Reconciling", format!("instance {id} is {}", state.as_str())),
+    }
+}
+
+/// The event that tells a user what `step` did to `before`, leaving `after` (for a launch: the
+/// new instance). User data is never quoted.
+pub fn event(
+    step: &Step,
+    before: Option<&ObservedInstance>,
+    after: Option<&ObservedInstance>,
+) -> Option<(Reason, String)> {
+    let new_id = after.map_or("(unknown)", |i| i.id.as_str());
+    Some(match step {
+        Step::Wait => return None,
+        Step::Launch { replaces: None, .. } => (Reason::Launched, format!("launched instance {new_id}")),
+        Step::Launch {
+            replaces: Some(old), ..
+        } => (
+            Reason::Replaced,
+            format!("instance {old} is gone (terminated out of band); launched {new_id}"),
+        ),
+        Step::Start(id) => (Reason::Started, format!("starting instance {id}")),
+        Step::Stop(id) => (Reason::Stopped, format!("stopping instance {id}")),
+        Step::ModifyInstanceType { id, instance_type } => {
+            let old = before.map_or("?", |i| i.instance_type.as_str());
+            (
+                Reason::Modified,
+                format!("instance {id}: type {old} -> {instance_type}"),
+            )
+        }
+        Step::ModifyUserData { id, .. } => (Reason::Modified, format!("instance {id}: user data replaced")),
+        Step::SetSecurityGroups { id, groups } => (
+            Reason::SecurityGroupsUpdated,
+            format!("instance {id}: security groups {groups:?}"),
+        ),
+        Step::Tag { id, set, remove } => {
+            let set: Vec<&String> = set.keys().collect();
+            (
+                Reason::TagsUpdated,
+                format!("instance {id}: set tags {set:?}, removed {remove:?}"),
+            )
+        }
+        Step::Terminate(id) => (Reason::Terminating, format!("terminating instance {id}")),
+        Step::Release { id, keys } => (
+            Reason::Retained,
+            format!("instance {id} retained; removed operator tags {keys:?}"),
+        ),
+    })
+}
+
+/// A Warning when an object that already matched its spec needs steps again: someone changed
+/// the instance out of band.
+pub fn drift(steady: bool, observed: Option<&ObservedInstance>, steps: &[Step]) -> Option<(Reason, String)> {
+    if !steady || steps.is_empty() {
+        return None;
+    }
+    let id = observed.map_or("(none)", |i| i.id.as_str());
+    let state = observed.map_or("missing", |i| i.state.as_str());
+    let labels: Vec<&str> = steps.iter().map(Step::label).collect();
+    Some((
+        Reason::DriftDetected,
+        format!("instance {id} ({state}) no longer matches the spec: {labels:?}"),
+    ))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::fixtures::*;
+    use crate::model::{TAG_CLUSTER_ID, TAG_NAME, TAG_OWNER_UID};
 
-    fn plan_for(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>, applied: &[&str]) -> Vec<Action> {
+    const ID: &str = "i-0123456789abcdef0";
+
+    fn plan_for(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>, applied: &[&str]) -> Vec<Step> {
         let owner = owner();
         let applied: Vec<String> = applied.iter().map(|s| s.to_string()).collect();
         plan(&Desired { spec, owner: &owner }, observed, None, &applied)
     }
 
+    fn launch_of(spec: &Ec2InstanceSpec, replaces: Option<&str>) -> Step {
+        let owner = owner();
+        Desired { spec, owner: &owner }.launch(replaces.map(str::to_owned))
+    }
+
     #[test]
     fn no_instance_means_launch() {
         let spec = spec();
-        assert_eq!(plan_for(&spec, None, &[]), vec![Action::Launch { replaces: None }]);
+        assert_eq!(plan_for(&spec, None, &[]), vec![launch_of(&spec, None)]);
     }
 
     #[test]
@@ -340,12 +386,7 @@ mod tests {
     fn terminated_out_of_band_is_replaced_and_names_the_old_instance() {
         let spec = spec();
         let dead = instance_for(&spec, InstanceState::Terminated);
-        assert_eq!(
-            plan_for(&spec, Some(&dead), &[]),
-            vec![Action::Launch {
-                replaces: Some(dead.id.clone())
-            }]
-        );
+        assert_eq!(plan_for(&spec, Some(&dead), &[]), vec![launch_of(&spec, Some(ID))]);
         let owner = owner();
         let vanished = plan(
             &Desired {
@@ -353,29 +394,27 @@ mod tests {
                 owner: &owner,
             },
             None,
-            Some("i-0123456789abcdef0"),
+            Some(ID),
             &[],
         );
-        assert_eq!(
-            vanished,
-            vec![Action::Launch {
-                replaces: Some("i-0123456789abcdef0".into())
-            }]
-        );
+        assert_eq!(vanished, vec![launch_of(&spec, Some(ID))]);
     }
 
     #[test]
     fn stopped_out_of_band_is_started() {
         let spec = spec();
         let stopped = instance_for(&spec, InstanceState::Stopped);
-        assert_eq!(plan_for(&spec, Some(&stopped), &[]), vec![Action::Start]);
+        assert_eq!(plan_for(&spec, Some(&stopped), &[]), vec![Step::Start(ID.into())]);
     }
 
     #[test]
     fn desired_state_is_honoured_both_ways() {
         let stopped_spec = spec().with_desired_state(DesiredState::Stopped);
         let running = instance_for(&stopped_spec, InstanceState::Running);
-        assert_eq!(plan_for(&stopped_spec, Some(&running), &[]), vec![Action::Stop]);
+        assert_eq!(
+            plan_for(&stopped_spec, Some(&running), &[]),
+            vec![Step::Stop(ID.into())]
+        );
         let stopped = instance_for(&stopped_spec, InstanceState::Stopped);
         assert_eq!(plan_for(&stopped_spec, Some(&stopped), &[]), vec![]);
     }
@@ -385,7 +424,7 @@ mod tests {
         let spec = spec();
         for state in [InstanceState::Pending, InstanceState::Stopping] {
             let instance = instance_for(&spec, state);
-            assert_eq!(plan_for(&spec, Some(&instance), &[]), vec![Action::Wait], "{state:?}");
+            assert_eq!(plan_for(&spec, Some(&instance), &[]), vec![Step::Wait], "{state:?}");
         }
     }
 
@@ -393,11 +432,17 @@ mod tests {
     fn instance_type_change_stops_then_modifies_then_starts() {
         let spec = spec().with_type("t3.large");
         let running = instance_for(&spec, InstanceState::Running).with_type("t3.micro");
-        assert_eq!(plan_for(&spec, Some(&running), &[]), vec![Action::Stop]);
+        assert_eq!(plan_for(&spec, Some(&running), &[]), vec![Step::Stop(ID.into())]);
         let stopped = running.clone().in_state(InstanceState::Stopped);
         assert_eq!(
             plan_for(&spec, Some(&stopped), &[]),
-            vec![Action::ModifyInstanceType("t3.large".into()), Action::Start]
+            vec![
+                Step::ModifyInstanceType {
+                    id: ID.into(),
+                    instance_type: "t3.large".into()
+                },
+                Step::Start(ID.into())
+            ]
         );
     }
 
@@ -407,7 +452,10 @@ mod tests {
         let stopped = instance_for(&spec, InstanceState::Stopped).with_type("t3.micro");
         assert_eq!(
             plan_for(&spec, Some(&stopped), &[]),
-            vec![Action::ModifyInstanceType("t3.large".into())]
+            vec![Step::ModifyInstanceType {
+                id: ID.into(),
+                instance_type: "t3.large".into()
+            }]
         );
     }
 
@@ -419,11 +467,12 @@ mod tests {
         assert_eq!(
             plan_for(&new, Some(&stopped), &[]),
             vec![
-                Action::ModifyUserData {
+                Step::ModifyUserData {
+                    id: ID.into(),
                     user_data: "#!/bin/sh\necho two".into(),
                     sha256: Some(user_data_sha256("#!/bin/sh\necho two")),
                 },
-                Action::Start
+                Step::Start(ID.into())
             ]
         );
     }
@@ -437,11 +486,12 @@ mod tests {
         assert_eq!(
             plan_for(&new, Some(&stopped), &[]),
             vec![
-                Action::ModifyUserData {
+                Step::ModifyUserData {
+                    id: ID.into(),
                     user_data: String::new(),
                     sha256: None
                 },
-                Action::Start
+                Step::Start(ID.into())
             ]
         );
     }
@@ -455,10 +505,10 @@ mod tests {
         instance.security_group_ids = ["sg-33333333".into()].into();
         assert_eq!(
             plan_for(&spec, Some(&instance), &[]),
-            vec![Action::SetSecurityGroups(vec![
-                "sg-11111111".into(),
-                "sg-22222222".into()
-            ])]
+            vec![Step::SetSecurityGroups {
+                id: ID.into(),
+                groups: vec!["sg-11111111".into(), "sg-22222222".into()]
+            }]
         );
     }
 
@@ -478,10 +528,11 @@ mod tests {
         instance.tags.remove("team"); // removed out of band
         instance.tags.insert("old".into(), "x".into()); // removed from spec earlier
         instance.tags.insert("backup".into(), "daily".into()); // someone else's
-        let actions = plan_for(&spec, Some(&instance), &["team", "env", "old"]);
+        let steps = plan_for(&spec, Some(&instance), &["team", "env", "old"]);
         assert_eq!(
-            actions,
-            vec![Action::Tag {
+            steps,
+            vec![Step::Tag {
+                id: ID.into(),
                 set: BTreeMap::from([("env".into(), "prod".into()), ("team".into(), "a".into())]),
                 remove: vec!["old".into()],
             }]
@@ -495,7 +546,8 @@ mod tests {
         instance.tags.remove(TAG_NAME);
         assert_eq!(
             plan_for(&spec, Some(&instance), &[]),
-            vec![Action::Tag {
+            vec![Step::Tag {
+                id: ID.into(),
                 set: BTreeMap::from([(TAG_NAME.into(), "web".into())]),
                 remove: vec![]
             }]
@@ -507,37 +559,18 @@ mod tests {
         let spec = spec().with_tag("team", "a");
         let mut pending = instance_for(&spec, InstanceState::Pending);
         pending.tags.remove("team");
-        let actions = plan_for(&spec, Some(&pending), &[]);
-        assert!(
-            matches!(actions.as_slice(), [Action::Tag { .. }, Action::Wait]),
-            "{actions:?}"
-        );
+        let steps = plan_for(&spec, Some(&pending), &[]);
+        assert!(matches!(steps.as_slice(), [Step::Tag { .. }, Step::Wait]), "{steps:?}");
     }
 
     #[test]
-    fn client_tokens_are_stable_distinct_per_replacement_and_short() {
-        let owner = owner();
-        assert_eq!(owner.client_token(None), owner.uid);
-        assert_eq!(
-            owner.client_token(Some("i-0123456789abcdef0")),
-            owner.client_token(Some("i-0123456789abcdef0"))
-        );
-        assert_ne!(
-            owner.client_token(None),
-            owner.client_token(Some("i-0123456789abcdef0"))
-        );
-        assert!(owner.client_token(Some("i-0123456789abcdef0")).len() <= 64);
-    }
-
-    #[test]
-    fn launch_request_carries_owner_tags_token_and_hash() {
+    fn a_launch_carries_its_request_owner_tags_token_and_hash() {
         let spec = spec().with_tag("team", "a").with_user_data("echo hi");
+        let Step::Launch { request, replaces } = launch_of(&spec, None) else {
+            panic!("a launch")
+        };
         let owner = owner();
-        let request = Desired {
-            spec: &spec,
-            owner: &owner,
-        }
-        .launch_request(None);
+        assert_eq!(replaces, None);
         assert_eq!(request.client_token, owner.uid);
         assert_eq!(request.tags.get(TAG_OWNER_UID), Some(&owner.uid));
         assert_eq!(request.tags.get(TAG_CLUSTER_ID), Some(&owner.cluster_id));
@@ -546,6 +579,10 @@ mod tests {
             request.tags.get(TAG_USER_DATA_SHA256),
             Some(&user_data_sha256("echo hi"))
         );
+        let Step::Launch { request, .. } = launch_of(&spec, Some(ID)) else {
+            panic!("a launch")
+        };
+        assert_eq!(request.client_token, owner.client_token(Some(ID)));
     }
 
     #[test]
@@ -590,27 +627,94 @@ mod tests {
         let b = instance_for(&spec, InstanceState::Stopped).with_id("i-bbbbbbbbbbbbbbbbb");
         assert_eq!(
             plan_cleanup(DeletionPolicy::Delete, &[a.clone(), b.clone()]),
-            Cleanup::Terminate(vec![a.id.clone(), b.id.clone()])
+            Cleanup {
+                steps: vec![Step::Terminate(a.id.clone()), Step::Terminate(b.id.clone())],
+                release: false
+            }
         );
         let going = a.clone().in_state(InstanceState::ShuttingDown);
-        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[going]), Cleanup::Wait);
+        let wait = Cleanup {
+            steps: vec![],
+            release: false,
+        };
+        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[going]), wait);
+        let release = Cleanup {
+            steps: vec![],
+            release: true,
+        };
         let gone = a.in_state(InstanceState::Terminated);
-        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[gone]), Cleanup::Release);
-        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[]), Cleanup::Release);
+        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[gone]), release);
+        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[]), release);
     }
 
     #[test]
     fn retain_removes_only_operator_tags() {
         let spec = spec().with_tag("team", "a");
         let a = instance_for(&spec, InstanceState::Running);
-        let Cleanup::Untag(untag) = plan_cleanup(DeletionPolicy::Retain, std::slice::from_ref(&a)) else {
-            panic!("expected untag")
+        let cleanup = plan_cleanup(DeletionPolicy::Retain, std::slice::from_ref(&a));
+        let [Step::Release { keys, .. }] = cleanup.steps.as_slice() else {
+            panic!("expected one release, got {cleanup:?}")
         };
-        let keys = &untag[0].1;
+        assert!(cleanup.release);
         assert!(keys.contains(&TAG_OWNER_UID.to_string()) && keys.contains(&TAG_CLUSTER_ID.to_string()));
         assert!(!keys.contains(&"team".to_string()));
-        let mut untagged = a;
-        untagged.tags.retain(|k, _| !k.starts_with(TAG_PREFIX));
-        assert_eq!(plan_cleanup(DeletionPolicy::Retain, &[untagged]), Cleanup::Release);
+        let untagged = a.after(&cleanup.steps[0]);
+        assert_eq!(
+            plan_cleanup(DeletionPolicy::Retain, &[untagged]),
+            Cleanup {
+                steps: vec![],
+                release: true
+            }
+        );
+    }
+
+    #[test]
+    fn ready_only_when_the_instance_matches_and_nothing_is_under_way() {
+        let spec = spec();
+        let running = instance_for(&spec, InstanceState::Running);
+        let ready = readiness(DesiredState::Running, &[], Some(&running));
+        assert_eq!((ready.ready, ready.reason), (true, "InstanceRunning"));
+        let tagged = [Step::Tag {
+            id: ID.into(),
+            set: BTreeMap::new(),
+            remove: vec![],
+        }];
+        assert!(
+            readiness(DesiredState::Running, &tagged, Some(&running)).ready,
+            "a tag fix is no transition"
+        );
+        let stopping = running.clone().after(&Step::Stop(ID.into()));
+        let modifying = readiness(DesiredState::Running, &[Step::Stop(ID.into())], Some(&stopping));
+        assert_eq!((modifying.ready, modifying.reason), (false, "Modifying"));
+        let stopped = running.in_state(InstanceState::Stopped);
+        assert_eq!(
+            readiness(DesiredState::Stopped, &[], Some(&stopped)).reason,
+            "InstanceStopped"
+        );
+        let launching = readiness(DesiredState::Running, &[launch_of(&spec, None)], Some(&stopped));
+        assert_eq!((launching.ready, launching.reason), (false, "Launching"));
+        assert_eq!(readiness(DesiredState::Running, &[], None).reason, "Launching");
+    }
+
+    #[test]
+    fn events_name_the_instances_and_never_the_user_data() {
+        let spec = spec();
+        let before = instance_for(&spec, InstanceState::Stopped);
+        let step = Step::ModifyUserData {
+            id: ID.into(),
+            user_data: "password=hunter2".into(),
+            sha256: None,
+        };
+        let (reason, note) = event(&step, Some(&before), None).unwrap();
+        assert_eq!(reason, Reason::Modified);
+        assert!(!note.contains("hunter2"), "{note}");
+        let new = before.clone().with_id("i-0fffffffffffffff0");
+        let (reason, note) = event(&launch_of(&spec, Some(ID)), None, Some(&new)).unwrap();
+        assert_eq!(reason, Reason::Replaced);
+        assert!(note.contains(ID) && note.contains("i-0fffffffffffffff0"), "{note}");
+        assert_eq!(event(&Step::Wait, Some(&before), Some(&before)), None);
+        let drifted = drift(true, Some(&before), std::slice::from_ref(&step)).unwrap();
+        assert!(!drifted.1.contains("hunter2"), "{}", drifted.1);
+        assert_eq!(drift(false, Some(&before), &[step]), None, "not steady: no drift");
     }
 }

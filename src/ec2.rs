@@ -1,12 +1,15 @@
-//! The I/O shell towards EC2: one trait with every call the operator makes, our own small model
-//! of an observed instance, and the implementation on `aws_sdk_ec2::Client`.
+//! The I/O shell towards EC2: every call the operator makes, on `aws_sdk_ec2::Client`, translated
+//! to and from the domain model. Reads are `describe_*`; every change goes through
+//! [`Ec2::execute`], one `match` from [`Step`] to EC2 call, which also counts the action and
+//! remembers the change for the inventory, so no caller can forget either.
 //!
-//! To add an EC2 call: add a method to [`Ec2`], implement it on [`AwsEc2`] with `self.count(..)`.
+//! To add an EC2 call: add a `Step` in `model.rs`, decide it in `decide.rs`, call it here.
+//! Tests substitute the SDK client (aws-smithy-mocks), not this type.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
-use async_trait::async_trait;
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
@@ -18,134 +21,67 @@ use base64::Engine as _;
 
 use crate::error::{AwsFault, Error, Result};
 use crate::metrics::Metrics;
+use crate::model::{InstanceState, LaunchRequest, ObservedInstance, RootVolumeRequest, Step, TAG_USER_DATA_SHA256};
 
-/// EC2 instance states, as EC2 names them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InstanceState {
-    Pending,
-    Running,
-    Stopping,
-    Stopped,
-    ShuttingDown,
-    Terminated,
-}
+/// When the operator last changed each instance, across regions. The inventory distrusts a poll
+/// of an instance that began before its last change.
+#[derive(Default)]
+pub struct Changes(Mutex<HashMap<String, Instant>>);
 
-impl InstanceState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            InstanceState::Pending => "pending",
-            InstanceState::Running => "running",
-            InstanceState::Stopping => "stopping",
-            InstanceState::Stopped => "stopped",
-            InstanceState::ShuttingDown => "shutting-down",
-            InstanceState::Terminated => "terminated",
-        }
+impl Changes {
+    fn map(&self) -> std::sync::MutexGuard<'_, HashMap<String, Instant>> {
+        self.0.lock().expect("change log poisoned")
     }
 
-    /// An instance that is gone or going away for good.
-    pub fn is_dead(self) -> bool {
-        matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+    fn record(&self, id: &str) {
+        self.map().insert(id.to_owned(), Instant::now());
     }
 
-    fn from_sdk(name: &InstanceStateName) -> Self {
-        match name {
-            InstanceStateName::Pending => InstanceState::Pending,
-            InstanceStateName::Running => InstanceState::Running,
-            InstanceStateName::Stopping => InstanceState::Stopping,
-            InstanceStateName::Stopped => InstanceState::Stopped,
-            InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
-            // An unknown future state is treated as in transition, never as gone.
-            InstanceStateName::Terminated => InstanceState::Terminated,
-            _ => InstanceState::Pending,
-        }
+    /// Whether the operator changed `id` at or after `at`.
+    pub fn since(&self, id: &str, at: Instant) -> bool {
+        self.map().get(id).is_some_and(|changed| *changed >= at)
+    }
+
+    /// Drop changes older than `at`: no snapshot that old is trusted any more.
+    pub fn forget_before(&self, at: Instant) {
+        self.map().retain(|_, changed| *changed >= at);
     }
 }
 
-/// What DescribeInstances told us about one instance.
-#[derive(Clone, Debug, PartialEq)]
-pub struct ObservedInstance {
-    pub id: String,
-    pub state: InstanceState,
-    pub instance_type: String,
-    pub security_group_ids: BTreeSet<String>,
-    pub tags: BTreeMap<String, String>,
-    pub private_ip: Option<String>,
-    pub public_ip: Option<String>,
-    pub private_dns_name: Option<String>,
-    pub public_dns_name: Option<String>,
-    pub availability_zone: Option<String>,
-    pub launch_time: Option<String>,
-}
+/// Makes the SDK client for a region.
+type MakeClient = Box<dyn Fn(&str) -> aws_sdk_ec2::Client + Send + Sync>;
 
-/// Everything RunInstances needs for one instance.
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct LaunchRequest {
-    /// Makes the launch idempotent on AWS: the same token never launches twice.
-    pub client_token: String,
-    pub image_id: String,
-    pub instance_type: String,
-    pub subnet_id: Option<String>,
-    pub security_group_ids: Option<Vec<String>>,
-    pub key_name: Option<String>,
-    pub iam_instance_profile: Option<String>,
-    pub user_data: Option<String>,
-    pub tags: BTreeMap<String, String>,
-    pub root_volume: Option<RootVolumeRequest>,
-}
-
-#[derive(Clone, Debug, PartialEq, Default)]
-pub struct RootVolumeRequest {
-    pub size_gib: Option<i32>,
-    pub volume_type: Option<String>,
-    pub encrypted: Option<bool>,
-}
-
-/// The EC2 calls the operator makes, for one region.
-#[async_trait]
-pub trait Ec2: Send + Sync {
-    /// Instances by id; ids EC2 does not know are simply absent from the answer.
-    async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<ObservedInstance>>;
-    /// Instances carrying every `key=value` tag given, all pages.
-    async fn describe_by_tags(&self, tags: &[(&str, &str)]) -> Result<Vec<ObservedInstance>>;
-    async fn run_instance(&self, request: &LaunchRequest) -> Result<ObservedInstance>;
-    async fn start(&self, id: &str) -> Result<()>;
-    async fn stop(&self, id: &str) -> Result<()>;
-    /// Terminating an instance EC2 no longer knows succeeds.
-    async fn terminate(&self, id: &str) -> Result<()>;
-    async fn modify_instance_type(&self, id: &str, instance_type: &str) -> Result<()>;
-    /// `user_data` is plain text; an empty string clears it.
-    async fn modify_user_data(&self, id: &str, user_data: &str) -> Result<()>;
-    async fn modify_security_groups(&self, id: &str, group_ids: &[String]) -> Result<()>;
-    async fn create_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()>;
-    async fn delete_tags(&self, id: &str, keys: &[String]) -> Result<()>;
-}
-
-/// Makes the EC2 client for a region.
-type MakeClient = Box<dyn Fn(&str) -> Arc<dyn Ec2> + Send + Sync>;
-
-/// One EC2 client per region, made on first use.
+/// One EC2 client per region, made on first use, sharing metrics and the change log.
 pub struct Ec2Regions {
     default_region: String,
     make: MakeClient,
-    clients: Mutex<HashMap<String, Arc<dyn Ec2>>>,
+    clients: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    metrics: Arc<Metrics>,
+    changes: Arc<Changes>,
 }
 
 impl Ec2Regions {
-    pub fn new(default_region: String, make: impl Fn(&str) -> Arc<dyn Ec2> + Send + Sync + 'static) -> Self {
+    pub fn new(
+        default_region: String,
+        metrics: Arc<Metrics>,
+        make: impl Fn(&str) -> aws_sdk_ec2::Client + Send + Sync + 'static,
+    ) -> Self {
         Self {
             default_region,
             make: Box::new(make),
             clients: Mutex::default(),
+            metrics,
+            changes: Arc::default(),
         }
     }
 
     /// Clients for the SDK config's credentials and endpoint, one per region.
     pub fn from_sdk_config(config: aws_config::SdkConfig, default_region: String, metrics: Arc<Metrics>) -> Self {
-        Self::new(default_region, move |region| {
+        Self::new(default_region, metrics, move |region| {
             let conf = aws_sdk_ec2::config::Builder::from(&config)
                 .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
                 .build();
-            Arc::new(AwsEc2::new(aws_sdk_ec2::Client::from_conf(conf), metrics.clone())) as Arc<dyn Ec2>
+            aws_sdk_ec2::Client::from_conf(conf)
         })
     }
 
@@ -158,28 +94,108 @@ impl Ec2Regions {
         spec_region.unwrap_or(&self.default_region)
     }
 
-    pub fn client(&self, region: &str) -> Arc<dyn Ec2> {
-        let mut clients = self.clients.lock().expect("ec2 client map poisoned");
-        clients
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    pub fn changes(&self) -> &Changes {
+        &self.changes
+    }
+
+    pub fn client(&self, region: &str) -> Ec2 {
+        let client = self
+            .clients
+            .lock()
+            .expect("ec2 client map poisoned")
             .entry(region.to_owned())
             .or_insert_with(|| (self.make)(region))
-            .clone()
+            .clone();
+        Ec2 {
+            client,
+            metrics: self.metrics.clone(),
+            changes: self.changes.clone(),
+        }
     }
 }
 
-/// [`Ec2`] on the AWS SDK. Counts every request (each page too) in the metrics.
-pub struct AwsEc2 {
+/// EC2 in one region. Counts every request (each page too) in the metrics.
+#[derive(Clone)]
+pub struct Ec2 {
     client: aws_sdk_ec2::Client,
     metrics: Arc<Metrics>,
+    changes: Arc<Changes>,
 }
 
-impl AwsEc2 {
-    pub fn new(client: aws_sdk_ec2::Client, metrics: Arc<Metrics>) -> Self {
-        Self { client, metrics }
-    }
-
+impl Ec2 {
     fn count(&self, operation: &'static str) {
         self.metrics.ec2_request(operation);
+    }
+
+    /// Instances by id; ids EC2 does not know are simply absent from the answer.
+    pub async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<ObservedInstance>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.describe(Some(ids.to_vec()), None).await
+    }
+
+    /// Instances carrying every `key=value` tag given, all pages.
+    pub async fn describe_by_tags(&self, tags: &[(&str, &str)]) -> Result<Vec<ObservedInstance>> {
+        let filters = tags
+            .iter()
+            .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(*v).build())
+            .collect();
+        self.describe(None, Some(filters)).await
+    }
+
+    /// Carry out one step. A launch returns the new instance; other steps return `None`.
+    pub async fn execute(&self, step: &Step) -> Result<Option<ObservedInstance>> {
+        let launched = match step {
+            Step::Wait => return Ok(None),
+            Step::Launch { request, .. } => Some(self.run_instance(request).await?),
+            Step::Start(id) => self.start(id).await.map(|_| None)?,
+            Step::Stop(id) => self.stop(id).await.map(|_| None)?,
+            Step::Terminate(id) => self.terminate(id).await.map(|_| None)?,
+            Step::ModifyInstanceType { id, instance_type } => {
+                let value = AttributeValue::builder().value(instance_type).build();
+                self.modify_attribute(id, |call| call.instance_type(value)).await?;
+                None
+            }
+            Step::ModifyUserData { id, user_data, sha256 } => {
+                self.modify_user_data(id, user_data).await?;
+                match sha256 {
+                    Some(hash) => {
+                        let tag = [(TAG_USER_DATA_SHA256.to_owned(), hash.clone())].into();
+                        self.create_tags(id, &tag).await?
+                    }
+                    None => self.delete_tags(id, &[TAG_USER_DATA_SHA256.to_owned()]).await?,
+                }
+                None
+            }
+            Step::SetSecurityGroups { id, groups } => {
+                self.modify_attribute(id, |call| call.set_groups(Some(groups.clone())))
+                    .await?;
+                None
+            }
+            Step::Tag { id, set, remove } => {
+                if !set.is_empty() {
+                    self.create_tags(id, set).await?;
+                }
+                if !remove.is_empty() {
+                    self.delete_tags(id, remove).await?;
+                }
+                None
+            }
+            Step::Release { id, keys } => self.delete_tags(id, keys).await.map(|_| None)?,
+        };
+        let changed = launched
+            .as_ref()
+            .map_or_else(|| step.instance_id(), |i| Some(i.id.as_str()));
+        if let Some(id) = changed {
+            self.changes.record(id);
+        }
+        self.metrics.action(step.label());
+        Ok(launched)
     }
 
     async fn describe(&self, ids: Option<Vec<String>>, filters: Option<Vec<Filter>>) -> Result<Vec<ObservedInstance>> {
@@ -237,62 +253,12 @@ impl AwsEc2 {
                 })
             })
     }
-}
-
-#[async_trait]
-impl Ec2 for AwsEc2 {
-    async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<ObservedInstance>> {
-        if ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        self.describe(Some(ids.to_vec()), None).await
-    }
-
-    async fn describe_by_tags(&self, tags: &[(&str, &str)]) -> Result<Vec<ObservedInstance>> {
-        let filters = tags
-            .iter()
-            .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(*v).build())
-            .collect();
-        self.describe(None, Some(filters)).await
-    }
 
     async fn run_instance(&self, r: &LaunchRequest) -> Result<ObservedInstance> {
-        let tags: Vec<Tag> = r
-            .tags
-            .iter()
-            .map(|(k, v)| Tag::builder().key(k).value(v).build())
-            .collect();
-        let tag_spec = |resource| {
-            TagSpecification::builder()
-                .resource_type(resource)
-                .set_tags(Some(tags.clone()))
-                .build()
-        };
         let block_devices = match &r.root_volume {
-            Some(volume) => Some(vec![
-                BlockDeviceMapping::builder()
-                    .device_name(self.root_device_name(&r.image_id).await?)
-                    .ebs(
-                        EbsBlockDevice::builder()
-                            .set_volume_size(volume.size_gib)
-                            .set_volume_type(volume.volume_type.as_deref().map(Into::into))
-                            .set_encrypted(volume.encrypted)
-                            .delete_on_termination(true)
-                            .build(),
-                    )
-                    .build(),
-            ]),
+            Some(volume) => Some(vec![self.root_volume(&r.image_id, volume).await?]),
             None => None,
         };
-        let profile = r.iam_instance_profile.as_ref().map(|p| {
-            let builder = IamInstanceProfileSpecification::builder();
-            if p.starts_with("arn:") {
-                builder.arn(p)
-            } else {
-                builder.name(p)
-            }
-            .build()
-        });
         self.count("RunInstances");
         let out = self
             .client
@@ -305,15 +271,15 @@ impl Ec2 for AwsEc2 {
             .set_subnet_id(r.subnet_id.clone())
             .set_security_group_ids(r.security_group_ids.clone())
             .set_key_name(r.key_name.clone())
-            .set_iam_instance_profile(profile)
+            .set_iam_instance_profile(r.iam_instance_profile.as_deref().map(instance_profile))
             .set_user_data(
                 r.user_data
                     .as_ref()
                     .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             )
             .set_block_device_mappings(block_devices)
-            .tag_specifications(tag_spec(ResourceType::Instance))
-            .tag_specifications(tag_spec(ResourceType::Volume))
+            .tag_specifications(tag_specification(ResourceType::Instance, &r.tags))
+            .tag_specifications(tag_specification(ResourceType::Volume, &r.tags))
             // IMDSv2 only: session tokens required for instance metadata.
             .metadata_options(
                 InstanceMetadataOptionsRequest::builder()
@@ -332,6 +298,20 @@ impl Ec2 for AwsEc2 {
                 retryable: true,
             })
         })
+    }
+
+    /// The root volume's mapping: sizing or encrypting it needs the AMI's root device name.
+    async fn root_volume(&self, image_id: &str, volume: &RootVolumeRequest) -> Result<BlockDeviceMapping> {
+        let ebs = EbsBlockDevice::builder()
+            .set_volume_size(volume.size_gib)
+            .set_volume_type(volume.volume_type.as_deref().map(Into::into))
+            .set_encrypted(volume.encrypted)
+            .delete_on_termination(true)
+            .build();
+        Ok(BlockDeviceMapping::builder()
+            .device_name(self.root_device_name(image_id).await?)
+            .ebs(ebs)
+            .build())
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -356,6 +336,7 @@ impl Ec2 for AwsEc2 {
         Ok(())
     }
 
+    /// Terminating an instance EC2 no longer knows succeeds.
     async fn terminate(&self, id: &str) -> Result<()> {
         self.count("TerminateInstances");
         match self.client.terminate_instances().instance_ids(id).send().await {
@@ -365,46 +346,25 @@ impl Ec2 for AwsEc2 {
         }
     }
 
-    async fn modify_instance_type(&self, id: &str, instance_type: &str) -> Result<()> {
+    /// One ModifyInstanceAttribute call (EC2 takes one attribute per call).
+    async fn modify_attribute(&self, id: &str, set: impl FnOnce(ModifyAttribute) -> ModifyAttribute) -> Result<()> {
         self.count("ModifyInstanceAttribute");
-        self.client
-            .modify_instance_attribute()
-            .instance_id(id)
-            .instance_type(AttributeValue::builder().value(instance_type).build())
+        set(self.client.modify_instance_attribute().instance_id(id))
             .send()
             .await
             .map_err(|e| fault("ModifyInstanceAttribute", e))?;
         Ok(())
     }
 
+    /// `user_data` is plain text; an empty string clears it.
     async fn modify_user_data(&self, id: &str, user_data: &str) -> Result<()> {
-        self.count("ModifyInstanceAttribute");
         // EC2 wants the attribute value itself base64-encoded (the SDK encodes the blob once
         // more for the wire); plain bytes answer InvalidUserData.Malformed.
         let encoded = base64::engine::general_purpose::STANDARD.encode(user_data);
         let value = SecureBlobAttributeValue::builder()
             .value(aws_sdk_ec2::primitives::Blob::new(encoded))
             .build();
-        self.client
-            .modify_instance_attribute()
-            .instance_id(id)
-            .user_data(value)
-            .send()
-            .await
-            .map_err(|e| fault("ModifyInstanceAttribute", e))?;
-        Ok(())
-    }
-
-    async fn modify_security_groups(&self, id: &str, group_ids: &[String]) -> Result<()> {
-        self.count("ModifyInstanceAttribute");
-        self.client
-            .modify_instance_attribute()
-            .instance_id(id)
-            .set_groups(Some(group_ids.to_vec()))
-            .send()
-            .await
-            .map_err(|e| fault("ModifyInstanceAttribute", e))?;
-        Ok(())
+        self.modify_attribute(id, |call| call.user_data(value)).await
     }
 
     async fn create_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
@@ -436,12 +396,48 @@ impl Ec2 for AwsEc2 {
     }
 }
 
+type ModifyAttribute =
+    aws_sdk_ec2::operation::modify_instance_attribute::builders::ModifyInstanceAttributeFluentBuilder;
+
+/// The launch tags, for the instance or for its volumes: set atomically by RunInstances.
+fn tag_specification(resource: ResourceType, tags: &BTreeMap<String, String>) -> TagSpecification {
+    let tags = tags.iter().map(|(k, v)| Tag::builder().key(k).value(v).build());
+    TagSpecification::builder()
+        .resource_type(resource)
+        .set_tags(Some(tags.collect()))
+        .build()
+}
+
+/// An instance profile by ARN or by name.
+fn instance_profile(profile: &str) -> IamInstanceProfileSpecification {
+    let builder = IamInstanceProfileSpecification::builder();
+    if profile.starts_with("arn:") {
+        builder.arn(profile)
+    } else {
+        builder.name(profile)
+    }
+    .build()
+}
+
+fn state_from_sdk(name: &InstanceStateName) -> InstanceState {
+    match name {
+        InstanceStateName::Pending => InstanceState::Pending,
+        InstanceStateName::Running => InstanceState::Running,
+        InstanceStateName::Stopping => InstanceState::Stopping,
+        InstanceStateName::Stopped => InstanceState::Stopped,
+        InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
+        InstanceStateName::Terminated => InstanceState::Terminated,
+        // An unknown future state is treated as in transition, never as gone.
+        _ => InstanceState::Pending,
+    }
+}
+
 fn observe(instance: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> {
     let id = instance.instance_id()?.to_owned();
     let state = instance
         .state()
         .and_then(|s| s.name())
-        .map(InstanceState::from_sdk)
+        .map(state_from_sdk)
         .unwrap_or(InstanceState::Pending);
     Some(ObservedInstance {
         id,
@@ -543,8 +539,12 @@ mod tests {
 
     use super::*;
 
-    fn ec2(client: aws_sdk_ec2::Client) -> AwsEc2 {
-        AwsEc2::new(client, Arc::new(Metrics::default()))
+    fn ec2(client: aws_sdk_ec2::Client) -> Ec2 {
+        Ec2 {
+            client,
+            metrics: Arc::new(Metrics::default()),
+            changes: Arc::default(),
+        }
     }
 
     fn meta(code: &str) -> ErrorMetadata {
@@ -608,5 +608,37 @@ mod tests {
             .then_error(|| TerminateInstancesError::generic(meta("InvalidInstanceID.NotFound")));
         let ec2 = ec2(mock_client!(aws_sdk_ec2, [&rule]));
         ec2.terminate("i-0123456789abcdef0").await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn every_executed_step_is_counted_and_remembered_for_the_inventory() {
+        use aws_sdk_ec2::operation::create_tags::CreateTagsOutput;
+        use aws_sdk_ec2::operation::modify_instance_attribute::ModifyInstanceAttributeOutput;
+        let modify = mock!(aws_sdk_ec2::Client::modify_instance_attribute)
+            .match_requests(|r| r.instance_id() == Some("i-0123456789abcdef0") && r.user_data().is_some())
+            .then_output(|| ModifyInstanceAttributeOutput::builder().build());
+        let hash = mock!(aws_sdk_ec2::Client::create_tags)
+            .match_requests(|r| r.tags().iter().any(|t| t.key() == Some(TAG_USER_DATA_SHA256)))
+            .then_output(|| CreateTagsOutput::builder().build());
+        let ec2 = ec2(mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&modify, &hash]));
+        let before = Instant::now();
+        let step = Step::ModifyUserData {
+            id: "i-0123456789abcdef0".into(),
+            user_data: "echo hi".into(),
+            sha256: Some("abc".into()),
+        };
+        assert_eq!(ec2.execute(&step).await.unwrap(), None);
+        assert_eq!((modify.num_calls(), hash.num_calls()), (1, 1));
+        assert!(ec2.changes.since("i-0123456789abcdef0", before));
+        let metrics = ec2.metrics.render();
+        assert!(
+            metrics.contains("ec2_operator_actions_total{action=\"modify_user_data\"} 1"),
+            "{metrics}"
+        );
+        assert!(ec2.execute(&Step::Wait).await.unwrap().is_none());
+        assert!(
+            !ec2.metrics.render().contains("action=\"wait\""),
+            "waiting calls nothing"
+        );
     }
 }

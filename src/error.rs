@@ -1,7 +1,7 @@
 //! One error type. Every variant says whether retrying can help ([`Error::is_transient`]) and
 //! carries a label so that logs, events and metrics agree on what kind of failure happened.
 
-use std::time::Duration;
+use kube::runtime::finalizer;
 
 /// An EC2 API failure, reduced to what the controller needs to decide.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -30,12 +30,8 @@ pub enum Error {
     #[error("Kubernetes API error: {0}")]
     Kube(#[source] kube::Error),
 
-    /// The finalizer helper failed to add or remove the finalizer, or the wrapped reconcile failed.
-    #[error("finalizer error: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
-
     /// Not a failure: deletion waits for EC2 to finish terminating. Keeps the finalizer in
-    /// place (the finalizer helper only keeps it on error) and requeues without backoff.
+    /// place (the finalizer helper only keeps it on error); `reconcile` turns it into a requeue.
     #[error("waiting: {0}")]
     Waiting(String),
 
@@ -53,12 +49,6 @@ impl Error {
         match self {
             Error::Aws(fault) => fault.retryable,
             Error::Kube(_) => true,
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.is_transient()
-                }
-                _ => true,
-            },
             Error::Waiting(_) => true,
             Error::Invalid(_) => false,
         }
@@ -69,27 +59,8 @@ impl Error {
         match self {
             Error::Aws(fault) => format!("aws:{}", fault.code),
             Error::Kube(_) => "kube".into(),
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.metric_label()
-                }
-                _ => "finalizer".into(),
-            },
             Error::Waiting(_) => "waiting".into(),
             Error::Invalid(_) => "invalid".into(),
-        }
-    }
-
-    /// The innermost error the reconcile returned, unwrapped from the finalizer helper.
-    pub fn root(&self) -> &Error {
-        match self {
-            Error::Finalizer(inner) => match inner.as_ref() {
-                kube::runtime::finalizer::Error::ApplyFailed(e) | kube::runtime::finalizer::Error::CleanupFailed(e) => {
-                    e.root()
-                }
-                _ => self,
-            },
-            _ => self,
         }
     }
 }
@@ -100,24 +71,16 @@ impl From<kube::Error> for Error {
     }
 }
 
-/// Per-object retry delay: exponential with full jitter for transient errors, a slow fixed
-/// cadence (with jitter) for terminal ones. `failures` counts consecutive failures, from 1.
-pub fn retry_delay(transient: bool, failures: u32, terminal_delay: Duration) -> Duration {
-    use backon::{BackoffBuilder, ExponentialBuilder};
-    if !transient {
-        let jitter = terminal_delay.mul_f64(fastrand::f64() * 0.2);
-        return terminal_delay + jitter;
+/// The finalizer helper's error, unwrapped once: the reconcile's own error as it was returned,
+/// or the API call that added or removed the finalizer.
+impl From<finalizer::Error<Error>> for Error {
+    fn from(e: finalizer::Error<Error>) -> Self {
+        match e {
+            finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
+            other => Error::Invalid(other.to_string()),
+        }
     }
-    let n = failures.saturating_sub(1).min(16) as usize;
-    ExponentialBuilder::default()
-        .with_min_delay(Duration::from_secs(1))
-        .with_max_delay(Duration::from_secs(300))
-        .with_factor(2.0)
-        .with_jitter()
-        .without_max_times()
-        .build()
-        .nth(n)
-        .unwrap_or(Duration::from_secs(300))
 }
 
 #[cfg(test)]
@@ -144,20 +107,11 @@ mod tests {
     }
 
     #[test]
-    fn transient_delay_grows_and_is_capped() {
-        let first = retry_delay(true, 1, Duration::from_secs(600));
-        assert!(first <= Duration::from_secs(2), "first retry is quick: {first:?}");
-        for failures in 1..40 {
-            let d = retry_delay(true, failures, Duration::from_secs(600));
-            assert!(d <= Duration::from_secs(600), "capped: {d:?}");
-        }
-        // The 9th failure waits at least 256 s before jitter (1 s * 2^8): no retry storm.
-        assert!(retry_delay(true, 9, Duration::from_secs(600)) >= Duration::from_secs(256));
-    }
-
-    #[test]
-    fn terminal_delay_is_slow() {
-        let d = retry_delay(false, 1, Duration::from_secs(300));
-        assert!(d >= Duration::from_secs(300) && d <= Duration::from_secs(360));
+    fn the_finalizer_helpers_error_is_unwrapped_to_the_reconciles_own() {
+        let err: Error = finalizer::Error::ApplyFailed(aws("InvalidAMIID.NotFound", false)).into();
+        assert!(matches!(&err, Error::Aws(fault) if fault.code == "InvalidAMIID.NotFound"));
+        assert!(!err.is_transient());
+        let err: Error = finalizer::Error::<Error>::UnnamedObject.into();
+        assert_eq!(err.metric_label(), "invalid");
     }
 }

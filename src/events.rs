@@ -1,6 +1,5 @@
-//! Event reasons in one place, so `kubectl describe` reads the same everywhere.
-
-use kube::runtime::events::{Event, EventType};
+//! Event reasons in one place, so `kubectl describe` reads the same everywhere. Plain data: the
+//! decisions name a reason, the reconcile shell publishes it.
 
 /// Why the operator did something to an instance.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -43,24 +42,12 @@ impl Reason {
         }
     }
 
-    fn is_warning(self) -> bool {
+    /// Warnings are what a user should look at: something changed behind the operator's back
+    /// or failed.
+    pub fn is_warning(self) -> bool {
         matches!(
             self,
             Reason::Replaced | Reason::DriftDetected | Reason::DuplicateInstances | Reason::Failed
         )
-    }
-
-    pub fn event(self, note: impl Into<String>) -> Event {
-        Event {
-            type_: if self.is_warning() {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: self.as_str().into(),
-            note: Some(note.into()),
-            action: self.as_str().into(),
-            secondary: None,
-        }
     }
 }

@@ -3,8 +3,8 @@
 use kube::api::ObjectMeta;
 
 use crate::crd::{DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus};
-use crate::decide::{Desired, Owner};
-use crate::ec2::{InstanceState, ObservedInstance};
+use crate::decide::Desired;
+use crate::model::{InstanceState, ObservedInstance, Owner};
 
 pub const UID: &str = "6d1a2b3c-0000-4000-8000-00000000abcd";
 pub const CLUSTER_ID: &str = "cluster-test";
@@ -196,17 +196,7 @@ pub fn context(client: kube::Client, ec2: aws_sdk_ec2::Client) -> std::sync::Arc
     use std::sync::Arc;
     use std::time::Duration;
     let metrics = Arc::new(crate::metrics::Metrics::default());
-    let for_ec2 = metrics.clone();
-    let regions = crate::ec2::Ec2Regions::new("us-east-1".into(), move |_| {
-        Arc::new(crate::ec2::AwsEc2::new(ec2.clone(), for_ec2.clone())) as Arc<dyn crate::ec2::Ec2>
-    });
-    let recorder = kube::runtime::events::Recorder::new(
-        client.clone(),
-        kube::runtime::events::Reporter {
-            controller: "ec2-operator".into(),
-            instance: None,
-        },
-    );
+    let regions = crate::ec2::Ec2Regions::new("us-east-1".into(), metrics.clone(), move |_| ec2.clone());
     let timing = crate::reconcile::Timing {
         poll_interval: Duration::from_secs(30),
         transition_interval: Duration::from_secs(5),
@@ -214,8 +204,7 @@ pub fn context(client: kube::Client, ec2: aws_sdk_ec2::Client) -> std::sync::Arc
     };
     Arc::new(crate::reconcile::Context::new(
         client,
-        recorder,
-        regions,
+        Arc::new(regions),
         metrics,
         timing,
         CLUSTER_ID.into(),

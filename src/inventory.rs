@@ -6,13 +6,15 @@
 //! changes that instance, until a poll that started after the change has seen it.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::decide::TAG_CLUSTER_ID;
-use crate::ec2::{Ec2Regions, ObservedInstance};
+use tokio::sync::mpsc;
+use tracing::{debug, warn};
+
+use crate::ec2::Ec2Regions;
 use crate::error::Result;
-use crate::metrics::Metrics;
+use crate::model::{ObservedInstance, TAG_CLUSTER_ID};
 
 struct Snapshot {
     started_at: Instant,
@@ -23,24 +25,41 @@ struct Snapshot {
 struct State {
     regions: BTreeSet<String>,
     snapshots: HashMap<String, Snapshot>,
-    /// When the operator last changed each instance.
-    changed_at: HashMap<String, Instant>,
+}
+
+/// What the inventory can say about one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Sighting {
+    /// A recent poll, begun after the operator last changed it, saw it like this.
+    Seen(Box<ObservedInstance>),
+    /// The polls are fresh but cannot vouch for it (not in them, or changed since): ask EC2.
+    AskEc2,
+    /// The polls are failing: wait for the next one rather than turn a failing poll into one
+    /// call per object.
+    WaitForPoll,
 }
 
 pub struct Inventory {
+    ec2: Arc<Ec2Regions>,
     cluster_id: String,
+    poll_interval: Duration,
     /// A snapshot older than this is not trusted (the poll is failing).
     max_age: Duration,
     state: Mutex<State>,
 }
 
 impl Inventory {
-    pub fn new(cluster_id: String, poll_interval: Duration) -> Self {
-        Self {
+    /// An inventory of this cluster's instances, watching the default region from the start.
+    pub fn new(ec2: Arc<Ec2Regions>, cluster_id: String, poll_interval: Duration) -> Self {
+        let inventory = Self {
             cluster_id,
+            poll_interval,
             max_age: poll_interval * 2 + Duration::from_secs(5),
             state: Mutex::default(),
-        }
+            ec2,
+        };
+        inventory.watch_region(inventory.ec2.default_region());
+        inventory
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -52,45 +71,65 @@ impl Inventory {
         self.state().regions.insert(region.to_owned());
     }
 
-    /// Whether a recent poll of `region` succeeded.
-    pub fn is_fresh(&self, region: &str) -> bool {
-        self.state()
+    fn is_fresh(&self, state: &State, region: &str) -> bool {
+        state
             .snapshots
             .get(region)
             .is_some_and(|s| s.started_at.elapsed() <= self.max_age)
     }
 
-    /// The instance as last polled, if the poll is recent and started after the operator last
-    /// changed it; `None` means: ask EC2 directly.
-    pub fn lookup(&self, region: &str, id: &str) -> Option<ObservedInstance> {
+    /// Whether a recent poll of every watched region succeeded.
+    pub fn is_ready(&self) -> bool {
         let state = self.state();
-        let snapshot = state.snapshots.get(region)?;
-        if snapshot.started_at.elapsed() > self.max_age {
-            return None;
-        }
-        if state
-            .changed_at
-            .get(id)
-            .is_some_and(|changed| *changed >= snapshot.started_at)
-        {
-            return None;
-        }
-        snapshot.instances.get(id).cloned()
+        state.regions.iter().all(|region| self.is_fresh(&state, region))
     }
 
-    /// The operator just changed (or launched) this instance: distrust polls that began before.
-    pub fn changed(&self, id: &str) {
-        self.state().changed_at.insert(id.to_owned(), Instant::now());
+    /// What the last poll of `region` says about instance `id`.
+    pub fn lookup(&self, region: &str, id: &str) -> Sighting {
+        let state = self.state();
+        let Some(snapshot) = state.snapshots.get(region).filter(|_| self.is_fresh(&state, region)) else {
+            return Sighting::WaitForPoll;
+        };
+        if self.ec2.changes().since(id, snapshot.started_at) {
+            return Sighting::AskEc2;
+        }
+        match snapshot.instances.get(id) {
+            Some(instance) => Sighting::Seen(Box::new(instance.clone())),
+            None => Sighting::AskEc2,
+        }
+    }
+
+    /// Poll every `poll_interval`, and after each successful poll ask for every object to be
+    /// reconciled against it (from memory). Runs until the receiver is gone.
+    pub async fn run(&self, polled: mpsc::Sender<()>) {
+        let mut ticker = tokio::time::interval(self.poll_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            match self.refresh().await {
+                Ok(count) => {
+                    debug!(count, "inventory polled");
+                    if let Err(mpsc::error::TrySendError::Closed(())) = polled.try_send(()) {
+                        return;
+                    }
+                }
+                Err(err) => {
+                    self.ec2.metrics().error(err.metric_label());
+                    warn!(error = %err, "inventory poll failed");
+                }
+            }
+        }
     }
 
     /// Poll every watched region once. Returns the number of instances seen.
-    pub async fn refresh(&self, ec2: &Ec2Regions, metrics: &Metrics) -> Result<usize> {
+    pub async fn refresh(&self) -> Result<usize> {
         let regions: Vec<String> = self.state().regions.iter().cloned().collect();
         let started_at = Instant::now();
         let mut total = 0;
         for region in regions {
             let polled_at = Instant::now();
-            let found = ec2
+            let found = self
+                .ec2
                 .client(&region)
                 .describe_by_tags(&[(TAG_CLUSTER_ID, &self.cluster_id)])
                 .await?;
@@ -104,72 +143,96 @@ impl Inventory {
                     instances,
                 },
             );
-            // Changes older than every snapshot no longer matter.
             let oldest = state
                 .snapshots
                 .values()
                 .map(|s| s.started_at)
                 .min()
                 .unwrap_or(polled_at);
-            state.changed_at.retain(|_, changed| *changed >= oldest);
+            self.ec2.changes().forget_before(oldest);
         }
-        metrics.inventory_refreshed(total, started_at.elapsed().as_secs_f64());
+        self.ec2
+            .metrics()
+            .inventory_refreshed(total, started_at.elapsed().as_secs_f64());
         Ok(total)
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
+    use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
+    use aws_sdk_ec2::types::{Instance, InstanceState as SdkState, InstanceStateName, Reservation};
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
     use super::*;
-    use crate::ec2::InstanceState;
     use crate::fixtures::*;
+    use crate::metrics::Metrics;
+    use crate::model::{InstanceState, Step};
 
-    #[test]
-    fn nothing_is_known_before_the_first_poll() {
-        let inventory = Inventory::new(CLUSTER_ID.into(), Duration::from_secs(30));
-        assert!(!inventory.is_fresh("us-east-1"));
-        assert_eq!(inventory.lookup("us-east-1", "i-0123456789abcdef0"), None);
+    fn page(ids: &[&str], next: Option<&str>) -> DescribeInstancesOutput {
+        let instances = ids
+            .iter()
+            .map(|id| {
+                Instance::builder()
+                    .instance_id(*id)
+                    .state(SdkState::builder().name(InstanceStateName::Running).build())
+                    .build()
+            })
+            .collect();
+        DescribeInstancesOutput::builder()
+            .reservations(Reservation::builder().set_instances(Some(instances)).build())
+            .set_next_token(next.map(str::to_owned))
+            .build()
     }
 
-    #[test]
-    fn a_change_after_the_poll_started_hides_the_entry() {
-        let inventory = Inventory::new(CLUSTER_ID.into(), Duration::from_secs(30));
-        let instance = instance_for(&spec(), InstanceState::Running);
-        inventory.state().snapshots.insert(
-            "us-east-1".into(),
-            Snapshot {
-                started_at: Instant::now(),
-                instances: HashMap::from([(instance.id.clone(), instance.clone())]),
-            },
+    fn inventory_on(client: aws_sdk_ec2::Client) -> Inventory {
+        let ec2 = Ec2Regions::new("us-east-1".into(), Arc::new(Metrics::default()), move |_| {
+            client.clone()
+        });
+        Inventory::new(Arc::new(ec2), CLUSTER_ID.into(), Duration::from_secs(30))
+    }
+
+    #[tokio::test]
+    async fn nothing_is_known_before_the_first_poll() {
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, []));
+        assert!(!inventory.is_ready());
+        assert_eq!(
+            inventory.lookup("us-east-1", "i-0123456789abcdef0"),
+            Sighting::WaitForPoll
         );
-        assert_eq!(inventory.lookup("us-east-1", &instance.id), Some(instance.clone()));
-        inventory.changed(&instance.id);
-        assert_eq!(inventory.lookup("us-east-1", &instance.id), None);
+    }
+
+    #[tokio::test]
+    async fn a_change_after_the_poll_started_sends_the_reader_to_ec2() {
+        let instance = instance_for(&spec(), InstanceState::Running);
+        let id = instance.id.clone();
+        let polled = mock!(aws_sdk_ec2::Client::describe_instances).then_output(move || page(&[&id], None));
+        let stopped = mock!(aws_sdk_ec2::Client::stop_instances)
+            .then_output(|| aws_sdk_ec2::operation::stop_instances::StopInstancesOutput::builder().build());
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&polled, &stopped]));
+        inventory.refresh().await.unwrap();
+        assert!(inventory.is_ready());
+        assert!(matches!(
+            inventory.lookup("us-east-1", &instance.id),
+            Sighting::Seen(i) if i.id == instance.id
+        ));
+        assert_eq!(
+            inventory.lookup("us-east-1", "i-0ffffffffffffffff"),
+            Sighting::AskEc2,
+            "not in the poll"
+        );
+        let ec2 = inventory.ec2.client("us-east-1");
+        ec2.execute(&Step::Stop(instance.id.clone())).await.unwrap();
+        assert_eq!(inventory.lookup("us-east-1", &instance.id), Sighting::AskEc2);
+        inventory.refresh().await.unwrap();
+        assert!(
+            matches!(inventory.lookup("us-east-1", &instance.id), Sighting::Seen(_)),
+            "a poll begun after the change is trusted again"
+        );
     }
 
     #[tokio::test]
     async fn a_poll_is_one_filtered_describe_per_region() {
-        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
-        use aws_sdk_ec2::types::{Instance, InstanceState as SdkState, InstanceStateName, Reservation};
-        use aws_smithy_mocks::{RuleMode, mock, mock_client};
-
-        let page = |ids: &[&str], next: Option<&str>| {
-            let instances = ids
-                .iter()
-                .map(|id| {
-                    Instance::builder()
-                        .instance_id(*id)
-                        .state(SdkState::builder().name(InstanceStateName::Running).build())
-                        .build()
-                })
-                .collect();
-            DescribeInstancesOutput::builder()
-                .reservations(Reservation::builder().set_instances(Some(instances)).build())
-                .set_next_token(next.map(str::to_owned))
-                .build()
-        };
         let first = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(|r| {
                 r.next_token().is_none()
@@ -180,23 +243,17 @@ mod tests {
         let second = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(|r| r.next_token() == Some("more"))
             .then_output(move || page(&["i-00000000000000003"], None));
-        let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&first, &second]);
-        let metrics = Arc::new(Metrics::default());
-        let m = metrics.clone();
-        let ec2 = Ec2Regions::new("us-east-1".into(), move |_| {
-            Arc::new(crate::ec2::AwsEc2::new(client.clone(), m.clone())) as Arc<dyn crate::ec2::Ec2>
-        });
-        let inventory = Inventory::new(CLUSTER_ID.into(), Duration::from_secs(30));
-        inventory.watch_region("us-east-1");
-        assert_eq!(
-            inventory.refresh(&ec2, &metrics).await.unwrap(),
-            3,
-            "NextToken is followed"
-        );
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&first, &second]));
+        assert_eq!(inventory.refresh().await.unwrap(), 3, "NextToken is followed");
         assert_eq!(first.num_calls() + second.num_calls(), 2);
-        assert!(inventory.lookup("us-east-1", "i-00000000000000003").is_some());
+        assert!(matches!(
+            inventory.lookup("us-east-1", "i-00000000000000003"),
+            Sighting::Seen(_)
+        ));
         assert!(
-            metrics
+            inventory
+                .ec2
+                .metrics()
                 .render()
                 .contains("ec2_operator_ec2_requests_total{operation=\"DescribeInstances\"} 2")
         );

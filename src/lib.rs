@@ -1,9 +1,15 @@
 //! Kubernetes operator for `Ec2Instance` (`k106.com/v1alpha1`).
 //!
-//! Rooms: `crd` (the API types), `decide` (pure decisions: observed + desired -> actions),
-//! `reconcile` + `ec2` + `inventory` + `status` (the I/O shell), `operator` (wiring).
+//! Read it top-down:
+//! - the API types: `crd`;
+//! - the pure core: `model` (instances, steps, tags) and `decide` (observed + desired -> steps),
+//!   with `events` (reasons) and `error`; no I/O;
+//! - the I/O shell: `ec2` (every EC2 call), `inventory` (the fleet poll), `status` (server-side
+//!   apply), `backoff`, and `reconcile` (the thin loop that ties them together);
+//! - the wiring: `operator`, `admin`, `metrics`, `config`, then `main`.
 
 pub mod admin;
+pub mod backoff;
 pub mod config;
 pub mod crd;
 pub mod decide;
@@ -12,6 +18,7 @@ pub mod error;
 pub mod events;
 pub mod inventory;
 pub mod metrics;
+pub mod model;
 pub mod operator;
 pub mod reconcile;
 pub mod status;

@@ -1,7 +1,7 @@
 use std::io::IsTerminal;
 
 use clap::Parser;
-use ec2_operator::config::Settings;
+use ec2_operator::config::{LogFormat, Settings};
 use tracing_subscriber::{EnvFilter, fmt};
 
 #[tokio::main]
@@ -10,10 +10,9 @@ async fn main() -> anyhow::Result<()> {
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,kube=warn,aws=warn"));
     // Colours only on a terminal: log files and log collectors get plain text.
     let logs = fmt().with_env_filter(filter).with_ansi(std::io::stdout().is_terminal());
-    if settings.log_format == "json" {
-        logs.json().init();
-    } else {
-        logs.init();
+    match settings.log_format {
+        LogFormat::Json => logs.json().init(),
+        LogFormat::Text => logs.init(),
     }
     ec2_operator::operator::run(settings).await
 }

@@ -1,16 +1,17 @@
 //! Wiring: clients, the controller, the inventory poll and the admin server, run together.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
 use kube::Client;
 use kube::api::{Api, ResourceExt};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
-use kube::runtime::watcher;
+use kube::runtime::reflector::{self, reflector};
+use kube::runtime::{WatchStreamExt, watcher};
 use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::info;
 
 use crate::config::Settings;
 use crate::crd::Ec2Instance;
@@ -21,7 +22,70 @@ use crate::reconcile::{Context, error_policy, reconcile};
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
     let metrics = Arc::new(Metrics::default());
+    let ec2 = Arc::new(ec2_regions(&settings, metrics.clone()).await?);
+    let cluster_id = cluster_id(&settings, &client).await?;
+    info!(region = ec2.default_region(), %cluster_id, namespace = ?settings.namespace, "starting");
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        ec2,
+        metrics.clone(),
+        settings.timing(),
+        cluster_id,
+    ));
 
+    let (controller, synced) = controller(&settings, client);
+    let probe_ctx = ctx.clone();
+    let ready = Arc::new(move || synced.load(Ordering::Relaxed) && probe_ctx.inventory.is_ready());
+
+    // After each inventory poll every object is reconciled against it (from memory).
+    let (polled, polls) = tokio::sync::mpsc::channel::<()>(1);
+    let reconciles = controller
+        .reconcile_all_on(ReceiverStream::new(polls))
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(err) = result {
+                tracing::debug!(error = %err, "reconcile round ended with an error");
+            }
+        });
+
+    tokio::select! {
+        _ = reconciles => info!("controller stopped"),
+        _ = ctx.inventory.run(polled) => {},
+        served = crate::admin::serve(settings.admin_addr, metrics, ready) => served?,
+    }
+    Ok(())
+}
+
+/// The controller over the watched objects, and a flag raised once their first list is in.
+fn controller(settings: &Settings, client: Client) -> (Controller<Ec2Instance>, Arc<AtomicBool>) {
+    let api: Api<Ec2Instance> = match &settings.namespace {
+        Some(ns) => Api::namespaced(client, ns),
+        None => Api::all(client),
+    };
+    let mut watch = watcher::Config::default();
+    if let Some(selector) = &settings.selector {
+        watch = watch.labels(selector);
+    }
+    // Controller::new's own reflector, plus the flag (a second `Store::wait_until_ready` waiter
+    // would steal the controller's wake-up: the store keeps only the last waiter's waker).
+    let synced = Arc::new(AtomicBool::new(false));
+    let listed = synced.clone();
+    let (reader, writer) = reflector::store();
+    let objects = reflector(writer, watcher(api, watch))
+        .inspect(move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                listed.store(true, Ordering::Relaxed);
+            }
+        })
+        .applied_objects();
+    let controller = Controller::for_stream(objects, reader)
+        .with_config(ControllerConfig::default().concurrency(settings.concurrency));
+    (controller, synced)
+}
+
+/// EC2 clients on the standard AWS chain (credentials, endpoint) for the configured region.
+async fn ec2_regions(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Result<Ec2Regions> {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest())
         // Adaptive retries share one client-side rate limiter per region across all objects,
         // so throttling slows the whole operator down instead of multiplying retries.
@@ -33,79 +97,17 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         .clone()
         .or_else(|| aws.region().map(ToString::to_string))
         .ok_or_else(|| anyhow::anyhow!("no AWS region: set --region, DEFAULT_REGION or AWS_REGION"))?;
-    let ec2 = Ec2Regions::from_sdk_config(aws, region.clone(), metrics.clone());
+    Ok(Ec2Regions::from_sdk_config(aws, region, metrics))
+}
 
-    let cluster_id = match &settings.cluster_id {
-        Some(id) => id.clone(),
-        None => Api::<Namespace>::all(client.clone())
-            .get("kube-system")
-            .await?
-            .uid()
-            .ok_or_else(|| anyhow::anyhow!("kube-system namespace has no uid"))?,
-    };
-    info!(%region, %cluster_id, namespace = ?settings.namespace, "starting");
-
-    let recorder = Recorder::new(
-        client.clone(),
-        Reporter {
-            controller: "ec2-operator".into(),
-            instance: None,
-        },
-    );
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        recorder,
-        ec2,
-        metrics.clone(),
-        settings.timing(),
-        cluster_id,
-    ));
-
-    let api: Api<Ec2Instance> = match &settings.namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    let mut watch = watcher::Config::default();
-    if let Some(selector) = &settings.selector {
-        watch = watch.labels(selector);
+/// The flag's value, else the kube-system namespace's UID: stable for the cluster's life.
+async fn cluster_id(settings: &Settings, client: &Client) -> anyhow::Result<String> {
+    if let Some(id) = &settings.cluster_id {
+        return Ok(id.clone());
     }
-
-    // After each inventory poll every object is reconciled against it (from memory).
-    let (polled, polls) = tokio::sync::mpsc::channel::<()>(1);
-    let poll_ctx = ctx.clone();
-    let poll = async move {
-        let mut ticker = tokio::time::interval(poll_ctx.timing.poll_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            ticker.tick().await;
-            match poll_ctx.inventory.refresh(&poll_ctx.ec2, &poll_ctx.metrics).await {
-                Ok(count) => {
-                    tracing::debug!(count, "inventory polled");
-                    let _ = polled.try_send(());
-                }
-                Err(err) => {
-                    poll_ctx.metrics.error(err.metric_label());
-                    warn!(error = %err, "inventory poll failed");
-                }
-            }
-        }
-    };
-
-    let controller = Controller::new(api, watch)
-        .with_config(ControllerConfig::default().concurrency(settings.concurrency))
-        .reconcile_all_on(ReceiverStream::new(polls))
-        .shutdown_on_signal()
-        .run(reconcile, error_policy, ctx)
-        .for_each(|result| async move {
-            if let Err(err) = result {
-                tracing::debug!(error = %err, "reconcile round ended with an error");
-            }
-        });
-
-    tokio::select! {
-        _ = controller => info!("controller stopped"),
-        _ = poll => {},
-        served = crate::admin::serve(settings.admin_addr, metrics) => served?,
-    }
-    Ok(())
+    Api::<Namespace>::all(client.clone())
+        .get("kube-system")
+        .await?
+        .uid()
+        .ok_or_else(|| anyhow::anyhow!("kube-system namespace has no uid"))
 }

@@ -5,37 +5,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
 use crate::crd::{Ec2Instance, Ec2InstanceStatus};
-use crate::ec2::ObservedInstance;
+use crate::decide::{READY, Readiness};
 use crate::error::Result;
+use crate::model::ObservedInstance;
 
 pub const FIELD_MANAGER: &str = "ec2-operator";
-pub const READY: &str = "Ready";
-
-/// The Ready condition's value, reason and message.
-#[derive(Clone, Debug, PartialEq)]
-pub struct Readiness {
-    pub ready: bool,
-    /// CamelCase, e.g. `InstanceRunning`, `Starting`, `Failed`.
-    pub reason: &'static str,
-    pub message: String,
-}
-
-impl Readiness {
-    pub fn ready(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            ready: true,
-            reason,
-            message: message.into(),
-        }
-    }
-    pub fn not_ready(reason: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            ready: false,
-            reason,
-            message: message.into(),
-        }
-    }
-}
 
 /// The status to write: the observed instance's facts, the Ready condition, and the tag keys
 /// applied. Keeps the condition's `lastTransitionTime` unless its value flips.
@@ -105,8 +79,8 @@ pub async fn write(api: &Api<Ec2Instance>, obj: &Ec2Instance, status: Ec2Instanc
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::ec2::InstanceState;
     use crate::fixtures::*;
+    use crate::model::InstanceState;
 
     fn at(s: &str) -> jiff::Timestamp {
         s.parse().unwrap()

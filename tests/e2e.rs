@@ -81,6 +81,38 @@ async fn apply_reaches_ready_with_status_columns_and_events() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn ready_only_with_a_fresh_view_of_ec2_and_json_logs_name_the_object() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("probes").await;
+    // EC2 unreachable (a closed loopback port): alive, but not ready.
+    let blind = Operator::start_with_env(&ns, &[], &[("AWS_ENDPOINT_URL", "http://127.0.0.1:9")]);
+    eventually("healthz answers", MINUTE, || async {
+        (blind.probe("/healthz").await == 200).then_some(())
+    })
+    .await;
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(blind.probe("/readyz").await, 503, "no inventory poll has succeeded");
+    drop(blind);
+
+    let operator = Operator::start_with(&ns, &["--log-format", "json"]);
+    eventually("readyz", MINUTE, || async {
+        (operator.probe("/readyz").await == 200).then_some(())
+    })
+    .await;
+    bed.create(&ns, "traced", json!({})).await;
+    bed.ready(&ns, "traced").await;
+    let launched = operator
+        .log_text()
+        .lines()
+        .filter_map(|line| serde_json::from_str::<serde_json::Value>(line).ok())
+        .find(|line| line["fields"]["reason"] == "Launched")
+        .expect("a JSON log line for the launch");
+    assert_eq!(launched["span"]["namespace"], ns.as_str(), "{launched}");
+    assert_eq!(launched["span"]["object"], "traced", "{launched}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn delete_terminates_the_instance_then_releases_the_object() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("delete").await;

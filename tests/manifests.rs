@@ -9,7 +9,7 @@ fn read(path: &str) -> String {
 #[test]
 fn argocd_patch_embeds_the_health_script_verbatim() {
     let script = read("deploy/argocd/health.lua");
-    let patch: serde_yaml::Value = serde_yaml::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).unwrap();
+    let patch: serde_json::Value = serde_saphyr::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).unwrap();
     let embedded = patch["data"]["resource.customizations.health.k106.com_Ec2Instance"]
         .as_str()
         .unwrap();
@@ -18,8 +18,8 @@ fn argocd_patch_embeds_the_health_script_verbatim() {
 
 #[test]
 fn kustomization_lists_files_that_exist() {
-    let kustomization: serde_yaml::Value = serde_yaml::from_str(&read("deploy/kustomization.yaml")).unwrap();
-    for resource in kustomization["resources"].as_sequence().unwrap() {
+    let kustomization: serde_json::Value = serde_saphyr::from_str(&read("deploy/kustomization.yaml")).unwrap();
+    for resource in kustomization["resources"].as_array().unwrap() {
         let path = format!("deploy/{}", resource.as_str().unwrap());
         assert!(std::path::Path::new(ROOT).join(&path).exists(), "{path} is missing");
     }
@@ -31,7 +31,7 @@ fn examples_parse_as_ec2instances() {
         let path = entry.unwrap().path();
         let text = std::fs::read_to_string(&path).unwrap();
         let obj: ec2_operator::crd::Ec2Instance =
-            serde_yaml::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            serde_saphyr::from_str(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
         assert!(obj.spec.image_id.starts_with("ami-"));
     }
 }

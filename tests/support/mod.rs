@@ -62,7 +62,7 @@ impl Bed {
     /// The committed CRD, applied server-side (idempotent across tests).
     async fn install_crd(&self) {
         let yaml = std::fs::read_to_string(format!("{ROOT}/crds/ec2instance.yaml")).unwrap();
-        let crd: CustomResourceDefinition = serde_yaml::from_str(&yaml).unwrap();
+        let crd: CustomResourceDefinition = serde_saphyr::from_str(&yaml).unwrap();
         let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
         crds.patch(&crd.name_any(), &PatchParams::apply("e2e").force(), &Patch::Apply(&crd))
             .await
@@ -254,24 +254,26 @@ impl Operator {
     }
 
     pub fn start_with(namespace: &str, extra: &[&str]) -> Operator {
-        Self::spawn(namespace, extra, None)
+        Self::spawn(namespace, extra, &[])
     }
 
     /// Runs the operator with this kubeconfig instead of the bed's admin one.
     pub fn start_as(namespace: &str, kubeconfig: &std::path::Path) -> Operator {
-        Self::spawn(namespace, &[], Some(kubeconfig))
+        Self::spawn(namespace, &[], &[("KUBECONFIG", kubeconfig.to_str().unwrap())])
     }
 
-    fn spawn(namespace: &str, extra: &[&str], kubeconfig: Option<&std::path::Path>) -> Operator {
+    /// Runs the operator with these environment variables changed.
+    pub fn start_with_env(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
+        Self::spawn(namespace, extra, env)
+    }
+
+    fn spawn(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
         let admin_port = free_port();
         let dir = PathBuf::from(ROOT).join(".cache/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}-{}.log", fastrand::u32(..)));
-        let mut command = Command::new(env!("CARGO_BIN_EXE_ec2-operator"));
-        if let Some(kubeconfig) = kubeconfig {
-            command.env("KUBECONFIG", kubeconfig);
-        }
-        let child = command
+        let child = Command::new(env!("CARGO_BIN_EXE_ec2-operator"))
+            .envs(env.iter().copied())
             .args(["--namespace", namespace, "--cluster-id", &format!("e2e-{namespace}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
             .args(["--poll-interval-seconds", "2", "--transition-interval-seconds", "1"])
@@ -296,6 +298,21 @@ impl Operator {
         body.lines()
             .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse().ok()))
             .unwrap_or(0.0)
+    }
+
+    /// The HTTP status code of an admin endpoint, e.g. `/readyz`.
+    pub async fn probe(&self, path: &str) -> u16 {
+        let answer = http_get(self.admin_port, path).await;
+        answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|code| code.parse().ok())
+            .unwrap_or_else(|| panic!("no HTTP status line in: {answer}"))
+    }
+
+    /// The operator's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
     /// Sum of every series of a metric family, e.g. all `ec2_operator_ec2_requests_total{...}`.
@@ -347,6 +364,6 @@ pub fn kubeconfig_with_token(token: &str, name: &str) -> PathBuf {
         "current-context": "sa",
     });
     let path = PathBuf::from(ROOT).join(format!(".cache/e2e-logs/kubeconfig-{name}"));
-    std::fs::write(&path, serde_yaml::to_string(&config).unwrap()).unwrap();
+    std::fs::write(&path, serde_saphyr::to_string(&config).unwrap()).unwrap();
     path
 }

@@ -1,0 +1,324 @@
+//! The domain model: what the operator knows about an EC2 instance, what it asks EC2 to do, and
+//! the tags that tie an instance to its object. Plain data and pure functions; no I/O.
+//!
+//! `decide` reasons in these terms and `ec2` translates them to and from the AWS SDK.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use sha2::{Digest, Sha256};
+
+/// Prefix of every tag the operator owns. Users may not set keys with it (admission refuses them):
+/// they would fight the operator.
+pub const TAG_PREFIX: &str = "k106.com/";
+/// The object's UID: the instance's owner tag, and the root of its launch ClientToken.
+pub const TAG_OWNER_UID: &str = "k106.com/owner-uid";
+/// The cluster the owner lives in, so two clusters sharing an account never touch each other's
+/// instances; the inventory lists the fleet by this tag.
+pub const TAG_CLUSTER_ID: &str = "k106.com/cluster-id";
+pub const TAG_NAMESPACE: &str = "k106.com/namespace";
+pub const TAG_NAME: &str = "k106.com/name";
+/// SHA-256 of the user data last applied: EC2 does not return user data in DescribeInstances,
+/// and a tag is observed for free in the same call.
+pub const TAG_USER_DATA_SHA256: &str = "k106.com/user-data-sha256";
+/// Tags the operator may put on one instance: the four of [`Owner::tags`] and the user data hash.
+pub const SYSTEM_TAG_COUNT: usize = 5;
+/// EC2 allows 50 tags per resource; what the operator does not use is the user's.
+pub const MAX_USER_TAGS: usize = 50 - SYSTEM_TAG_COUNT;
+/// EC2's limit on user data, before base64 encoding.
+pub const MAX_USER_DATA_BYTES: usize = 16 * 1024;
+
+/// EC2 instance states, as EC2 names them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InstanceState {
+    Pending,
+    Running,
+    Stopping,
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl InstanceState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            InstanceState::Pending => "pending",
+            InstanceState::Running => "running",
+            InstanceState::Stopping => "stopping",
+            InstanceState::Stopped => "stopped",
+            InstanceState::ShuttingDown => "shutting-down",
+            InstanceState::Terminated => "terminated",
+        }
+    }
+
+    /// An instance that is gone or going away for good.
+    pub fn is_dead(self) -> bool {
+        matches!(self, InstanceState::ShuttingDown | InstanceState::Terminated)
+    }
+}
+
+/// What DescribeInstances told us about one instance.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ObservedInstance {
+    pub id: String,
+    pub state: InstanceState,
+    pub instance_type: String,
+    pub security_group_ids: BTreeSet<String>,
+    pub tags: BTreeMap<String, String>,
+    pub private_ip: Option<String>,
+    pub public_ip: Option<String>,
+    pub private_dns_name: Option<String>,
+    pub public_dns_name: Option<String>,
+    pub availability_zone: Option<String>,
+    pub launch_time: Option<String>,
+}
+
+/// Everything RunInstances needs for one instance.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LaunchRequest {
+    /// Makes the launch idempotent on AWS: the same token never launches twice.
+    pub client_token: String,
+    pub image_id: String,
+    pub instance_type: String,
+    pub subnet_id: Option<String>,
+    pub security_group_ids: Option<Vec<String>>,
+    pub key_name: Option<String>,
+    pub iam_instance_profile: Option<String>,
+    /// Plain text; the EC2 adapter encodes it.
+    pub user_data: Option<String>,
+    pub tags: BTreeMap<String, String>,
+    pub root_volume: Option<RootVolumeRequest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct RootVolumeRequest {
+    pub size_gib: Option<i32>,
+    pub volume_type: Option<String>,
+    pub encrypted: Option<bool>,
+}
+
+/// Who owns an instance: the object, in one cluster.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Owner {
+    pub uid: String,
+    pub namespace: String,
+    pub name: String,
+    pub cluster_id: String,
+}
+
+impl Owner {
+    /// Tags the operator keeps on every instance it owns (user data hash aside).
+    pub fn tags(&self) -> BTreeMap<String, String> {
+        BTreeMap::from([
+            (TAG_OWNER_UID.to_owned(), self.uid.clone()),
+            (TAG_CLUSTER_ID.to_owned(), self.cluster_id.clone()),
+            (TAG_NAMESPACE.to_owned(), self.namespace.clone()),
+            (TAG_NAME.to_owned(), self.name.clone()),
+        ])
+    }
+
+    /// The tag filter that finds every instance this owner has, whatever its namespace tags say.
+    pub fn filter(&self) -> [(&'static str, &str); 2] {
+        [(TAG_OWNER_UID, &self.uid), (TAG_CLUSTER_ID, &self.cluster_id)]
+    }
+
+    /// RunInstances ClientToken (at most 64 ASCII characters). The first launch uses the UID;
+    /// a replacement for a vanished instance adds that instance's id, so a retried launch maps
+    /// to the same token and EC2 never launches twice for one decision.
+    pub fn client_token(&self, replaces: Option<&str>) -> String {
+        match replaces {
+            None => self.uid.clone(),
+            Some(old) => format!("{}-{}", self.uid, old),
+        }
+        .chars()
+        .take(64)
+        .collect()
+    }
+}
+
+pub fn user_data_sha256(user_data: &str) -> String {
+    Sha256::digest(user_data.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// One change to make in EC2. A plan is an ordered list of these; each names the instance it
+/// changes, so carrying it out needs nothing but the step.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Step {
+    /// No live instance: launch one. `replaces` names the instance that vanished, if any.
+    /// Always the only step of its plan, so the status write that follows records the new id.
+    Launch {
+        request: Box<LaunchRequest>,
+        replaces: Option<String>,
+    },
+    /// The instance is between states; nothing to call, look again soon.
+    Wait,
+    Start(String),
+    Stop(String),
+    ModifyInstanceType {
+        id: String,
+        instance_type: String,
+    },
+    /// Replace the user data (empty clears it) and record its hash in a tag (None removes it).
+    ModifyUserData {
+        id: String,
+        user_data: String,
+        sha256: Option<String>,
+    },
+    SetSecurityGroups {
+        id: String,
+        groups: Vec<String>,
+    },
+    /// Add or correct `set`, remove `remove`.
+    Tag {
+        id: String,
+        set: BTreeMap<String, String>,
+        remove: Vec<String>,
+    },
+    Terminate(String),
+    /// `deletionPolicy: Retain`: let go of the instance by removing the operator's tags.
+    Release {
+        id: String,
+        keys: Vec<String>,
+    },
+}
+
+impl Step {
+    /// The label of the `actions_total` metric; also how a plan is logged (user data never is).
+    pub fn label(&self) -> &'static str {
+        match self {
+            Step::Launch { .. } => "launch",
+            Step::Wait => "wait",
+            Step::Start(_) => "start",
+            Step::Stop(_) => "stop",
+            Step::ModifyInstanceType { .. } => "modify_instance_type",
+            Step::ModifyUserData { .. } => "modify_user_data",
+            Step::SetSecurityGroups { .. } => "set_security_groups",
+            Step::Tag { .. } => "tag",
+            Step::Terminate(_) => "terminate",
+            Step::Release { .. } => "release",
+        }
+    }
+
+    /// The instance the step changes; a launch's is only known from EC2's answer.
+    pub fn instance_id(&self) -> Option<&str> {
+        match self {
+            Step::Launch { .. } | Step::Wait => None,
+            Step::Start(id) | Step::Stop(id) | Step::Terminate(id) => Some(id),
+            Step::ModifyInstanceType { id, .. }
+            | Step::ModifyUserData { id, .. }
+            | Step::SetSecurityGroups { id, .. }
+            | Step::Tag { id, .. }
+            | Step::Release { id, .. } => Some(id),
+        }
+    }
+
+    /// Steps after which the instance changes state; the object is requeued quickly.
+    pub fn starts_transition(&self) -> bool {
+        matches!(self, Step::Launch { .. } | Step::Wait | Step::Start(_) | Step::Stop(_))
+    }
+}
+
+impl ObservedInstance {
+    /// The instance as it is once `step` succeeded, before EC2 is asked again. (A launch yields
+    /// a new instance, which EC2 returns; it does not change this one.)
+    pub fn after(mut self, step: &Step) -> ObservedInstance {
+        match step {
+            Step::Start(_) => self.state = InstanceState::Pending,
+            Step::Stop(_) => self.state = InstanceState::Stopping,
+            Step::Terminate(_) => self.state = InstanceState::ShuttingDown,
+            Step::ModifyInstanceType { instance_type, .. } => self.instance_type = instance_type.clone(),
+            Step::ModifyUserData { sha256, .. } => match sha256 {
+                Some(hash) => {
+                    self.tags.insert(TAG_USER_DATA_SHA256.into(), hash.clone());
+                }
+                None => {
+                    self.tags.remove(TAG_USER_DATA_SHA256);
+                }
+            },
+            Step::SetSecurityGroups { groups, .. } => self.security_group_ids = groups.iter().cloned().collect(),
+            Step::Tag { set, remove, .. } => {
+                self.tags.extend(set.clone());
+                self.tags.retain(|k, _| !remove.contains(k));
+            }
+            Step::Release { keys, .. } => self.tags.retain(|k, _| !keys.contains(k)),
+            Step::Launch { .. } | Step::Wait => {}
+        }
+        self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fixtures::*;
+
+    #[test]
+    fn client_tokens_are_stable_distinct_per_replacement_and_short() {
+        let owner = owner();
+        assert_eq!(owner.client_token(None), owner.uid);
+        assert_eq!(
+            owner.client_token(Some("i-0123456789abcdef0")),
+            owner.client_token(Some("i-0123456789abcdef0"))
+        );
+        assert_ne!(
+            owner.client_token(None),
+            owner.client_token(Some("i-0123456789abcdef0"))
+        );
+        assert!(owner.client_token(Some("i-0123456789abcdef0")).len() <= 64);
+    }
+
+    #[test]
+    fn the_system_tags_fit_in_what_the_users_leave() {
+        let most = owner().tags().len() + 1; // + the user data hash
+        assert_eq!(most, SYSTEM_TAG_COUNT);
+    }
+
+    #[test]
+    fn each_step_changes_the_instance_as_ec2_will_show_it() {
+        let running = instance_for(&spec().with_user_data("one"), InstanceState::Running);
+        let id = running.id.clone();
+        assert_eq!(
+            running.clone().after(&Step::Stop(id.clone())).state,
+            InstanceState::Stopping
+        );
+        assert_eq!(
+            running.clone().after(&Step::Start(id.clone())).state,
+            InstanceState::Pending
+        );
+        assert_eq!(
+            running.clone().after(&Step::Terminate(id.clone())).state,
+            InstanceState::ShuttingDown
+        );
+        let resized = running.clone().after(&Step::ModifyInstanceType {
+            id: id.clone(),
+            instance_type: "t3.large".into(),
+        });
+        assert_eq!(resized.instance_type, "t3.large");
+        let cleared = running.clone().after(&Step::ModifyUserData {
+            id: id.clone(),
+            user_data: String::new(),
+            sha256: None,
+        });
+        assert!(!cleared.tags.contains_key(TAG_USER_DATA_SHA256));
+        let regrouped = running.clone().after(&Step::SetSecurityGroups {
+            id: id.clone(),
+            groups: vec!["sg-11111111".into()],
+        });
+        assert_eq!(regrouped.security_group_ids, BTreeSet::from(["sg-11111111".to_owned()]));
+        let retagged = running.clone().after(&Step::Tag {
+            id: id.clone(),
+            set: BTreeMap::from([("team".into(), "b".into())]),
+            remove: vec![TAG_NAME.into()],
+        });
+        assert_eq!(retagged.tags.get("team").map(String::as_str), Some("b"));
+        assert!(!retagged.tags.contains_key(TAG_NAME));
+        let released = running.clone().after(&Step::Release {
+            id,
+            keys: vec![TAG_OWNER_UID.into()],
+        });
+        assert!(!released.tags.contains_key(TAG_OWNER_UID));
+        assert_eq!(running.clone().after(&Step::Wait), running);
+    }
+}
