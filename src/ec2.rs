@@ -188,10 +188,10 @@ impl Ec2 {
             }
             Step::Release { id, keys } => self.delete_tags(id, keys).await.map(|_| None)?,
         };
-        let changed = launched
-            .as_ref()
-            .map_or_else(|| step.instance_id(), |i| Some(i.id.as_str()));
-        if let Some(id) = changed {
+        // A replacement changes the fate of the instance it replaces too: a poll that still shows
+        // that one dead must not be trusted, or a reconcile reading a stale object launches again.
+        let launched_id = launched.as_ref().map(|i| i.id.as_str());
+        for id in launched_id.into_iter().chain(step.instance_id()) {
             self.changes.record(id);
         }
         self.metrics.action(step.label());

@@ -70,6 +70,13 @@ impl Ec2Instance {
         self
     }
 
+    /// As the operator leaves it once `instance` matches the spec: Ready for this generation.
+    pub fn ready_on(self, instance: &ObservedInstance) -> Self {
+        let readiness = crate::decide::Readiness::ready("InstanceRunning", "matches the spec");
+        let status = crate::status::next_status(&self, Some(instance), vec![], readiness, jiff::Timestamp::now());
+        self.with_status(status)
+    }
+
     pub fn finalized(mut self) -> Self {
         self.metadata.finalizers = Some(vec![crate::reconcile::FINALIZER.into()]);
         self

@@ -201,10 +201,12 @@ impl Step {
         }
     }
 
-    /// The instance the step changes; a launch's is only known from EC2's answer.
+    /// The instance the step acts on. A launch acts on the instance it replaces (the new one is
+    /// only known from EC2's answer).
     pub fn instance_id(&self) -> Option<&str> {
         match self {
-            Step::Launch { .. } | Step::Wait => None,
+            Step::Launch { replaces, .. } => replaces.as_deref(),
+            Step::Wait => None,
             Step::Start(id) | Step::Stop(id) | Step::Terminate(id) => Some(id),
             Step::ModifyInstanceType { id, .. }
             | Step::ModifyUserData { id, .. }

@@ -403,6 +403,51 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_stale_object_after_a_replacement_does_not_launch_again() {
+        const OLD: &str = "i-0dddddddddddddddd";
+        const NEW: &str = "i-0eeeeeeeeeeeeeeee";
+        // The object as the watch cache still shows it while the replacement's status write
+        // is on its way: Ready on the old instance, which the last poll saw terminated.
+        let old = instance_for(&spec(), crate::model::InstanceState::Running).with_id(OLD);
+        let stale = Ec2Instance::test().finalized().ready_on(&old);
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| matches!(r.filters(), [f] if f.name() == Some("tag:k106.com/cluster-id")))
+            .then_output(|| described(vec![sdk_instance(OLD, InstanceStateName::Terminated, UID)]));
+        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.instance_ids() == [OLD.to_owned()])
+            .then_output(|| described(vec![sdk_instance(OLD, InstanceStateName::Terminated, UID)]));
+        let by_owner = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:k106.com/owner-uid")))
+            .then_output(|| {
+                described(vec![
+                    sdk_instance(OLD, InstanceStateName::Terminated, UID),
+                    sdk_instance(NEW, InstanceStateName::Pending, UID),
+                ])
+            });
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| {
+            RunInstancesOutput::builder()
+                .instances(sdk_instance(NEW, InstanceStateName::Pending, UID))
+                .build()
+        });
+        let tags = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&poll, &by_id, &by_owner, &launch, &tags]
+        );
+        let (client, _server) = ApiServer::start(stale.clone());
+        let ctx = context(client, ec2);
+        ctx.inventory.refresh().await.unwrap();
+
+        reconcile(Arc::new(stale.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(stale), ctx).await.unwrap();
+
+        assert_eq!(launch.num_calls(), 1, "the second reconcile finds the replacement");
+        assert_eq!(by_owner.num_calls(), 1);
+    }
+
+    #[tokio::test]
     async fn an_instance_found_by_owner_tag_is_adopted_not_duplicated() {
         let obj = Ec2Instance::test().finalized();
         let owned = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
