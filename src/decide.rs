@@ -3,6 +3,7 @@
 //! asks here, and hands each [`Step`] to the EC2 adapter.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::time::Duration;
 
 use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec};
 use crate::events::Reason;
@@ -61,26 +62,54 @@ impl Desired<'_> {
     }
 }
 
+/// How long EC2 may take to show an instance it has just launched or started: AWS documents the
+/// EC2 API as eventually consistent, a new instance unknown to DescribeInstances for a while.
+pub const VISIBILITY_GRACE: Duration = Duration::from_secs(600);
+
+/// What the object's status remembers of earlier reconciles.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Recorded {
+    /// The instance the status names.
+    pub instance_id: Option<String>,
+    /// That instance was launched (or started) within [`VISIBILITY_GRACE`]: EC2 not showing it
+    /// is no proof that it is gone.
+    pub fresh: bool,
+    /// The spec tag keys applied before, so keys dropped from the spec get removed.
+    pub applied_tag_keys: Vec<String>,
+}
+
+impl Recorded {
+    pub fn of(obj: &Ec2Instance, now: jiff::Timestamp) -> Self {
+        let Some(status) = &obj.status else {
+            return Self::default();
+        };
+        let launched = status
+            .launch_time
+            .as_deref()
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        let grace = jiff::SignedDuration::try_from(VISIBILITY_GRACE).unwrap_or_default();
+        Self {
+            instance_id: status.instance_id.clone(),
+            fresh: launched.is_some_and(|at| now.duration_since(at) < grace),
+            applied_tag_keys: status.applied_tag_keys.clone(),
+        }
+    }
+}
+
 /// The ordered steps that bring `observed` to the spec. Empty means in sync.
-///
-/// `previous` is the instance the status last named; `applied_tag_keys` are the spec tag keys
-/// the operator applied before (from status), so keys dropped from the spec get removed.
-pub fn plan(
-    desired: &Desired,
-    observed: Option<&ObservedInstance>,
-    previous: Option<&str>,
-    applied_tag_keys: &[String],
-) -> Vec<Step> {
+pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &Recorded) -> Vec<Step> {
     let instance = match observed {
         Some(instance) if !instance.state.is_dead() => instance,
         // Gone or terminated out of band: replace it, as a ReplicaSet replaces a deleted pod.
         Some(dead) => return vec![desired.launch(Some(dead.id.clone()))],
-        None => return vec![desired.launch(previous.map(str::to_owned))],
+        // Launched moments ago and not visible yet: wait for EC2 rather than launch again.
+        None if recorded.fresh && recorded.instance_id.is_some() => return vec![Step::Wait],
+        None => return vec![desired.launch(recorded.instance_id.clone())],
     };
     let id = instance.id.clone();
 
     let mut steps = Vec::new();
-    if let Some(tagging) = tag_changes(desired, instance, applied_tag_keys) {
+    if let Some(tagging) = tag_changes(desired, instance, &recorded.applied_tag_keys) {
         steps.push(tagging);
     }
     let settled = match instance.state {
@@ -211,12 +240,20 @@ pub struct Cleanup {
     pub release: bool,
 }
 
-/// `owned` are all instances found by status id or owner tag.
-pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance]) -> Cleanup {
+/// `owned` are all instances found by status id or owner tag. The finalizer stays until EC2 shows
+/// every one of them terminated, including one launched so recently that EC2 does not show it yet.
+pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance], recorded: &Recorded) -> Cleanup {
     let live = owned.iter().filter(|i| !i.state.is_dead());
+    let unseen = recorded
+        .instance_id
+        .as_ref()
+        .filter(|id| recorded.fresh && !owned.iter().any(|i| &i.id == *id));
     match policy {
         DeletionPolicy::Delete => {
-            let steps: Vec<Step> = live.map(|i| Step::Terminate(i.id.clone())).collect();
+            let mut steps: Vec<Step> = live.map(|i| Step::Terminate(i.id.clone())).collect();
+            // Terminating an id EC2 does not show yet may answer NotFound; it is tried again
+            // until the instance shows up terminated or the grace has passed.
+            steps.extend(unseen.map(|id| Step::Terminate(id.clone())));
             let shutting_down = owned.iter().any(|i| i.state == InstanceState::ShuttingDown);
             let release = steps.is_empty() && !shutting_down;
             Cleanup { steps, release }
@@ -229,7 +266,11 @@ pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance]) -> Clean
                 })
                 .filter(|step| !matches!(step, Step::Release { keys, .. } if keys.is_empty()))
                 .collect();
-            Cleanup { steps, release: true }
+            // An instance not visible yet cannot be untagged yet: wait for it.
+            Cleanup {
+                steps,
+                release: unseen.is_none(),
+            }
         }
     }
 }
@@ -360,8 +401,20 @@ mod tests {
 
     fn plan_for(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>, applied: &[&str]) -> Vec<Step> {
         let owner = owner();
-        let applied: Vec<String> = applied.iter().map(|s| s.to_string()).collect();
-        plan(&Desired { spec, owner: &owner }, observed, None, &applied)
+        let recorded = Recorded {
+            applied_tag_keys: applied.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        plan(&Desired { spec, owner: &owner }, observed, &recorded)
+    }
+
+    /// Status names instance `ID`, launched long ago (`fresh: false`) or moments ago.
+    fn recorded(fresh: bool) -> Recorded {
+        Recorded {
+            instance_id: Some(ID.into()),
+            fresh,
+            applied_tag_keys: vec![],
+        }
     }
 
     fn launch_of(spec: &Ec2InstanceSpec, replaces: Option<&str>) -> Step {
@@ -394,10 +447,58 @@ mod tests {
                 owner: &owner,
             },
             None,
-            Some(ID),
-            &[],
+            &recorded(false),
         );
         assert_eq!(vanished, vec![launch_of(&spec, Some(ID))]);
+    }
+
+    #[test]
+    fn an_instance_launched_moments_ago_and_not_yet_visible_is_waited_for() {
+        // AWS: a new instance may be unknown to DescribeInstances for a while. Reading that as
+        // "gone" launched a second instance with a new token.
+        let spec = spec();
+        let owner = owner();
+        let desired = Desired {
+            spec: &spec,
+            owner: &owner,
+        };
+        assert_eq!(plan(&desired, None, &recorded(true)), vec![Step::Wait]);
+        assert_eq!(
+            plan(&desired, None, &recorded(false)),
+            vec![launch_of(&spec, Some(ID))],
+            "long after its launch, an instance EC2 no longer shows is gone"
+        );
+    }
+
+    #[test]
+    fn freshness_comes_from_the_recorded_launch_time() {
+        let running = instance_for(&spec(), InstanceState::Running).launched("2026-01-01T00:00:00Z");
+        let obj = Ec2Instance::test().ready_on(&running);
+        let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap();
+        assert!(Recorded::of(&obj, at("2026-01-01T00:01:00Z")).fresh);
+        assert!(!Recorded::of(&obj, at("2026-01-01T00:11:00Z")).fresh);
+        assert_eq!(
+            Recorded::of(&Ec2Instance::test(), at("2026-01-01T00:01:00Z")),
+            Recorded::default()
+        );
+    }
+
+    #[test]
+    fn deleting_right_after_a_launch_terminates_the_unseen_instance_before_letting_go() {
+        // Before: terminate answered NotFound, the tag search was empty, the finalizer went and
+        // the instance ran on, unmanaged.
+        let unseen = plan_cleanup(DeletionPolicy::Delete, &[], &recorded(true));
+        assert_eq!(
+            unseen,
+            Cleanup {
+                steps: vec![Step::Terminate(ID.into())],
+                release: false
+            }
+        );
+        let retained = plan_cleanup(DeletionPolicy::Retain, &[], &recorded(true));
+        assert!(!retained.release, "an unseen instance cannot be untagged yet");
+        let long_gone = plan_cleanup(DeletionPolicy::Delete, &[], &recorded(false));
+        assert!(long_gone.release && long_gone.steps.is_empty());
     }
 
     #[test]
@@ -626,7 +727,7 @@ mod tests {
         let a = instance_for(&spec, InstanceState::Running).with_id("i-aaaaaaaaaaaaaaaaa");
         let b = instance_for(&spec, InstanceState::Stopped).with_id("i-bbbbbbbbbbbbbbbbb");
         assert_eq!(
-            plan_cleanup(DeletionPolicy::Delete, &[a.clone(), b.clone()]),
+            plan_cleanup(DeletionPolicy::Delete, &[a.clone(), b.clone()], &Recorded::default()),
             Cleanup {
                 steps: vec![Step::Terminate(a.id.clone()), Step::Terminate(b.id.clone())],
                 release: false
@@ -637,21 +738,27 @@ mod tests {
             steps: vec![],
             release: false,
         };
-        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[going]), wait);
+        assert_eq!(
+            plan_cleanup(DeletionPolicy::Delete, &[going], &Recorded::default()),
+            wait
+        );
         let release = Cleanup {
             steps: vec![],
             release: true,
         };
         let gone = a.in_state(InstanceState::Terminated);
-        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[gone]), release);
-        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[]), release);
+        assert_eq!(
+            plan_cleanup(DeletionPolicy::Delete, &[gone], &Recorded::default()),
+            release
+        );
+        assert_eq!(plan_cleanup(DeletionPolicy::Delete, &[], &Recorded::default()), release);
     }
 
     #[test]
     fn retain_removes_only_operator_tags() {
         let spec = spec().with_tag("team", "a");
         let a = instance_for(&spec, InstanceState::Running);
-        let cleanup = plan_cleanup(DeletionPolicy::Retain, std::slice::from_ref(&a));
+        let cleanup = plan_cleanup(DeletionPolicy::Retain, std::slice::from_ref(&a), &Recorded::default());
         let [Step::Release { keys, .. }] = cleanup.steps.as_slice() else {
             panic!("expected one release, got {cleanup:?}")
         };
@@ -660,7 +767,7 @@ mod tests {
         assert!(!keys.contains(&"team".to_string()));
         let untagged = a.after(&cleanup.steps[0]);
         assert_eq!(
-            plan_cleanup(DeletionPolicy::Retain, &[untagged]),
+            plan_cleanup(DeletionPolicy::Retain, &[untagged], &Recorded::default()),
             Cleanup {
                 steps: vec![],
                 release: true

@@ -14,7 +14,7 @@ use tracing::{info, instrument, warn};
 
 use crate::backoff::Backoff;
 use crate::crd::{DeletionPolicy, Ec2Instance};
-use crate::decide::{self, Desired, Readiness};
+use crate::decide::{self, Desired, Readiness, Recorded};
 use crate::ec2::{Ec2, Ec2Regions};
 use crate::error::{Error, Result};
 use crate::events::Reason;
@@ -81,10 +81,11 @@ impl Context {
         let (failures, delay) = self.backoff.failed(obj, transient);
         warn!(error = %err, transient, failures, ?delay, "reconcile failed");
         let reason = if transient { "Retrying" } else { "Failed" };
+        let recorded = Recorded::of(obj, jiff::Timestamp::now());
         let status = status::next_status(
             obj,
             None,
-            applied_tag_keys(obj),
+            recorded.applied_tag_keys,
             Readiness::not_ready(reason, err.to_string()),
             jiff::Timestamp::now(),
         );
@@ -163,19 +164,12 @@ async fn reconcile_with_finalizer(obj: &Arc<Ec2Instance>, ctx: &Context) -> Resu
     .map_err(Error::from)
 }
 
-/// The spec tag keys the operator applied before, as status recorded them.
-fn applied_tag_keys(obj: &Ec2Instance) -> Vec<String> {
-    obj.status
-        .as_ref()
-        .map(|s| s.applied_tag_keys.clone())
-        .unwrap_or_default()
-}
-
 /// One reconcile of one object.
 struct Reconciler<'a> {
     ctx: &'a Context,
     api: Api<Ec2Instance>,
     obj: Arc<Ec2Instance>,
+    recorded: Recorded,
     owner: Owner,
     region: String,
     ec2: Ec2,
@@ -193,6 +187,7 @@ impl<'a> Reconciler<'a> {
         ctx.inventory.watch_region(&region);
         Ok(Self {
             ec2: ctx.ec2.client(&region),
+            recorded: Recorded::of(&obj, jiff::Timestamp::now()),
             ctx,
             api,
             obj,
@@ -202,7 +197,7 @@ impl<'a> Reconciler<'a> {
     }
 
     fn status_id(&self) -> Option<&str> {
-        self.obj.status.as_ref().and_then(|s| s.instance_id.as_deref())
+        self.recorded.instance_id.as_deref()
     }
 
     async fn apply(&self) -> Result<Action> {
@@ -219,12 +214,7 @@ impl<'a> Reconciler<'a> {
             spec: &self.obj.spec,
             owner: &self.owner,
         };
-        let steps = decide::plan(
-            &desired,
-            observed.as_ref(),
-            self.status_id(),
-            &applied_tag_keys(&self.obj),
-        );
+        let steps = decide::plan(&desired, observed.as_ref(), &self.recorded);
         if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
             self.publish(reason, note).await;
         }
@@ -243,7 +233,7 @@ impl<'a> Reconciler<'a> {
 
     async fn cleanup(&self) -> Result<Action> {
         let owned = self.describe_known(true).await?;
-        let cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned);
+        let cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
         self.execute(&cleanup.steps, None).await?;
         if cleanup.release {
             if cleanup.steps.is_empty()
@@ -261,7 +251,7 @@ impl<'a> Reconciler<'a> {
         let ids: Vec<&str> = cleanup.steps.iter().filter_map(Step::instance_id).collect();
         let what = format!("terminating {ids:?}");
         let readiness = Readiness::not_ready("Deleting", what.clone());
-        self.write_status(owned.first(), applied_tag_keys(&self.obj), readiness)
+        self.write_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness)
             .await?;
         Err(Error::Waiting(what))
     }
@@ -400,6 +390,70 @@ mod tests {
             .map(|(_, _, body)| body["reason"].as_str().unwrap_or_default().to_owned())
             .collect();
         assert_eq!(events, vec!["Launched"]);
+    }
+
+    /// The object right after its first launch: status names an instance EC2 may not show yet.
+    fn just_launched(id: &str) -> Ec2Instance {
+        Ec2Instance::test()
+            .finalized()
+            .with_status(crate::crd::Ec2InstanceStatus {
+                instance_id: Some(id.into()),
+                launch_time: Some(jiff::Timestamp::now().to_string()),
+                ..Default::default()
+            })
+    }
+
+    fn not_found() -> aws_sdk_ec2::error::ErrorMetadata {
+        aws_sdk_ec2::error::ErrorMetadata::builder()
+            .code("InvalidInstanceID.NotFound")
+            .message("eventual consistency")
+            .build()
+    }
+
+    #[tokio::test]
+    async fn an_instance_ec2_does_not_show_yet_is_waited_for_not_launched_again() {
+        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+        let obj = just_launched("i-0aaaaaaaaaaaaaaaa");
+        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| !r.instance_ids().is_empty())
+            .then_error(|| DescribeInstancesError::generic(not_found()));
+        let by_owner = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &launch]);
+        let (client, _server) = ApiServer::start(obj.clone());
+
+        let action = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+
+        assert_eq!(launch.num_calls(), 0, "NotFound right after a launch is not 'gone'");
+        assert_eq!(action, Action::requeue(Duration::from_secs(5)));
+    }
+
+    #[tokio::test]
+    async fn deleting_right_after_a_launch_keeps_the_finalizer_until_ec2_shows_the_instance() {
+        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+        use aws_sdk_ec2::operation::terminate_instances::TerminateInstancesError;
+        let mut obj = just_launched("i-0aaaaaaaaaaaaaaaa");
+        obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| !r.instance_ids().is_empty())
+            .then_error(|| DescribeInstancesError::generic(not_found()));
+        let by_owner = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let terminate = mock!(aws_sdk_ec2::Client::terminate_instances)
+            .match_requests(|r| r.instance_ids() == ["i-0aaaaaaaaaaaaaaaa".to_owned()])
+            .then_error(|| TerminateInstancesError::generic(not_found()));
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &terminate]);
+        let (client, server) = ApiServer::start(obj.clone());
+
+        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+
+        assert_eq!(terminate.num_calls(), 1, "the unseen instance is terminated anyway");
+        let finalizer_removed = server
+            .requests()
+            .iter()
+            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        assert!(!finalizer_removed, "the finalizer stays until EC2 shows it terminated");
     }
 
     #[tokio::test]
