@@ -8,7 +8,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::http::HttpResponse;
 use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
@@ -46,6 +46,19 @@ impl Changes {
     pub fn forget_before(&self, at: Instant) {
         self.map().retain(|_, changed| *changed >= at);
     }
+}
+
+/// How long one EC2 request may take before it is abandoned and retried.
+pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bounds on every EC2 call: without them a hung connection wedges its object and, for the
+/// fleet poll, every object. An operation (all its retries) gets three attempts' worth.
+pub fn timeout_config(attempt: Duration) -> aws_config::timeout::TimeoutConfig {
+    aws_config::timeout::TimeoutConfig::builder()
+        .connect_timeout(attempt.min(Duration::from_secs(3)))
+        .operation_attempt_timeout(attempt)
+        .operation_timeout(attempt * 3)
+        .build()
 }
 
 /// Makes the SDK client for a region.
@@ -491,6 +504,11 @@ const RETRYABLE_CODES: &[&str] = &[
     "IncorrectState",
     "InsufficientInstanceCapacity",
     "InvalidInstanceID.NotFound",
+    // Credentials rotated under a running process (IRSA, Pod Identity): the next request signs
+    // with the fresh ones.
+    "RequestExpired",
+    "ExpiredToken",
+    "ExpiredTokenException",
 ];
 
 /// Reduce an SDK error to an [`AwsFault`]: EC2's code and message, and whether to retry.
@@ -640,5 +658,44 @@ mod tests {
             !ec2.metrics.render().contains("action=\"wait\""),
             "waiting calls nothing"
         );
+    }
+
+    #[tokio::test]
+    async fn expired_credentials_are_transient() {
+        for code in ["RequestExpired", "ExpiredToken"] {
+            let rule =
+                mock!(aws_sdk_ec2::Client::stop_instances).then_error(move || StopInstancesError::generic(meta(code)));
+            let ec2 = ec2(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&rule]));
+            let fault = fault_of(ec2.stop("i-0123456789abcdef0").await.unwrap_err());
+            assert!(fault.retryable, "{code}: {fault}");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_hung_endpoint_times_out_instead_of_wedging() {
+        // Accepts connections and never answers, as a half-dead proxy would.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let endpoint = format!("http://{}", listener.local_addr().unwrap());
+        let silent = tokio::spawn(async move {
+            let mut held = Vec::new();
+            while let Ok((socket, _)) = listener.accept().await {
+                held.push(socket);
+            }
+        });
+        let conf = aws_sdk_ec2::Config::builder()
+            .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
+            .region(aws_sdk_ec2::config::Region::new("us-east-1"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new("a", "b", None, None, "test"))
+            .endpoint_url(endpoint)
+            .timeout_config(timeout_config(Duration::from_millis(300)))
+            .build();
+        let started = Instant::now();
+        let err = ec2(aws_sdk_ec2::Client::from_conf(conf))
+            .describe_by_tags(&[("k", "v")])
+            .await
+            .unwrap_err();
+        assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
+        assert!(fault_of(err).retryable, "a timeout is transient");
+        silent.abort();
     }
 }

@@ -51,3 +51,31 @@ impl Reason {
         )
     }
 }
+
+/// The events API refuses a note over 1 KiB; longer ones are cut at a character boundary.
+pub const MAX_NOTE_BYTES: usize = 1024;
+
+pub fn truncate_note(mut note: String) -> String {
+    if note.len() > MAX_NOTE_BYTES {
+        let mut end = MAX_NOTE_BYTES - '…'.len_utf8();
+        while !note.is_char_boundary(end) {
+            end -= 1;
+        }
+        note.truncate(end);
+        note.push('…');
+    }
+    note
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notes_fit_the_events_api() {
+        assert_eq!(truncate_note("short".into()), "short");
+        let long = "é".repeat(1000);
+        let cut = truncate_note(long);
+        assert!(cut.len() <= MAX_NOTE_BYTES && cut.ends_with('…'), "{}", cut.len());
+    }
+}

@@ -90,6 +90,7 @@ async fn ec2_regions(settings: &Settings, metrics: Arc<Metrics>) -> anyhow::Resu
         // Adaptive retries share one client-side rate limiter per region across all objects,
         // so throttling slows the whole operator down instead of multiplying retries.
         .retry_config(aws_config::retry::RetryConfig::adaptive())
+        .timeout_config(crate::ec2::timeout_config(crate::ec2::ATTEMPT_TIMEOUT))
         .load()
         .await;
     let region = settings

@@ -105,7 +105,7 @@ impl Context {
                 EventType::Normal
             },
             reason: reason.as_str().into(),
-            note: Some(note),
+            note: Some(crate::events::truncate_note(note)),
             action: reason.as_str().into(),
             secondary: None,
         };
