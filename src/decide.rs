@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec};
 use crate::events::Reason;
 use crate::model::{
-    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_PREFIX, TAG_USER_DATA_SHA256,
-    user_data_sha256,
+    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_OWNER_UID,
+    TAG_PREFIX, TAG_USER_DATA_SHA256, user_data_sha256,
 };
 
 /// The Ready condition's name.
@@ -201,6 +201,19 @@ pub fn is_steady(obj: &Ec2Instance) -> bool {
         .as_ref()
         .and_then(|s| s.condition(READY))
         .is_some_and(|c| c.status == "True" && c.observed_generation == obj.metadata.generation)
+}
+
+/// Whether `instance` may be managed for `owner`: not if its operator tags name another object or
+/// another cluster (a status copied or restored from elsewhere must not adopt, retag or
+/// terminate someone else's instance). An instance whose tags were stripped is still ours.
+pub fn belongs_to(instance: &ObservedInstance, owner: &Owner) -> bool {
+    let claims = |key: &str, value: &str| instance.tags.get(key).is_none_or(|v| v == value);
+    claims(TAG_OWNER_UID, &owner.uid) && claims(TAG_CLUSTER_ID, &owner.cluster_id)
+}
+
+/// The instances among `found` that `owner` may act on.
+pub fn owned(found: Vec<ObservedInstance>, owner: &Owner) -> Vec<ObservedInstance> {
+    found.into_iter().filter(|i| belongs_to(i, owner)).collect()
 }
 
 /// Of the instances found for one owner, the one to manage: the status's own if still alive,
@@ -719,6 +732,20 @@ mod tests {
             newer_dead.id,
             "status lost: replace the newest dead instance"
         );
+    }
+
+    #[test]
+    fn another_objects_or_clusters_instance_is_never_ours() {
+        let owner = owner();
+        let ours = instance_for(&spec(), InstanceState::Running);
+        let mut theirs = ours.clone().with_id("i-0bbbbbbbbbbbbbbbb");
+        theirs.tags.insert(TAG_OWNER_UID.into(), "someone-else".into());
+        let mut other_cluster = ours.clone().with_id("i-0ccccccccccccccccc");
+        other_cluster.tags.insert(TAG_CLUSTER_ID.into(), "other".into());
+        let mut stripped = ours.clone().with_id("i-0ddddddddddddddddd");
+        stripped.tags.clear();
+        let kept = owned(vec![ours.clone(), theirs, other_cluster, stripped.clone()], &owner);
+        assert_eq!(kept, vec![ours, stripped]);
     }
 
     #[test]

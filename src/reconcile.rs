@@ -204,7 +204,8 @@ impl<'a> Reconciler<'a> {
         let steady = decide::is_steady(&self.obj);
         let observed = match self.status_id() {
             Some(id) if steady => match self.ctx.inventory.lookup(&self.region, id) {
-                Sighting::Seen(instance) => Some(*instance),
+                Sighting::Seen(instance) if decide::belongs_to(&instance, &self.owner) => Some(*instance),
+                Sighting::Seen(_) => self.find().await?,
                 Sighting::WaitForPoll => return Ok(Action::requeue(self.ctx.timing.poll_interval)),
                 Sighting::AskEc2 => self.find().await?,
             },
@@ -283,12 +284,12 @@ impl<'a> Reconciler<'a> {
         Ok(chosen)
     }
 
-    /// The status's instance, plus every instance carrying this object's owner tag: always
+    /// The status's instance if it is ours, plus every instance carrying this object's owner tag: always
     /// when `every_owned` (deletion must find them all), else only when the status's
     /// instance is gone or dead.
     async fn describe_known(&self, every_owned: bool) -> Result<Vec<ObservedInstance>> {
         let mut found = match self.status_id() {
-            Some(id) => self.ec2.describe_by_ids(&[id.to_owned()]).await?,
+            Some(id) => decide::owned(self.ec2.describe_by_ids(&[id.to_owned()]).await?, &self.owner),
             None => Vec::new(),
         };
         if every_owned || found.iter().all(|i| i.state.is_dead()) {
@@ -454,6 +455,42 @@ mod tests {
             .iter()
             .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
         assert!(!finalizer_removed, "the finalizer stays until EC2 shows it terminated");
+    }
+
+    #[tokio::test]
+    async fn an_instance_of_another_object_named_in_status_is_left_alone() {
+        const THEIRS: &str = "i-0fffffffffffffff0";
+        // A status restored from another object's backup names that object's instance.
+        let obj = Ec2Instance::test()
+            .finalized()
+            .with_status(crate::crd::Ec2InstanceStatus {
+                instance_id: Some(THEIRS.into()),
+                ..Default::default()
+            });
+        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| !r.instance_ids().is_empty())
+            .then_output(|| {
+                described(vec![sdk_instance(
+                    THEIRS,
+                    InstanceStateName::Running,
+                    "another-objects-uid",
+                )])
+            });
+        let by_owner = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| {
+            RunInstancesOutput::builder()
+                .instances(sdk_instance("i-0aaaaaaaaaaaaaaaa", InstanceStateName::Pending, UID))
+                .build()
+        });
+        let retag = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &launch, &retag]);
+        let (client, _server) = ApiServer::start(obj.clone());
+
+        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+
+        assert_eq!(retag.num_calls(), 0, "never retag another object's instance");
+        assert_eq!(launch.num_calls(), 1, "this object gets its own instance");
     }
 
     #[tokio::test]
