@@ -80,7 +80,7 @@ impl Context {
         self.metrics.error(err.metric_label());
         let (failures, delay) = self.backoff.failed(obj, transient);
         warn!(error = %err, transient, failures, ?delay, "reconcile failed");
-        let reason = if transient { "Retrying" } else { "Failed" };
+        let reason = if transient { "Retrying" } else { status::FAILED };
         let recorded = Recorded::of(obj, jiff::Timestamp::now());
         let status = status::next_status(
             obj,

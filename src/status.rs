@@ -10,6 +10,12 @@ use crate::error::Result;
 use crate::model::ObservedInstance;
 
 pub const FIELD_MANAGER: &str = "ec2-operator";
+/// kstatus: present (True) while the operator is still bringing the instance to the spec.
+pub const RECONCILING: &str = "Reconciling";
+/// kstatus: present (True) when a terminal error stops progress until the spec changes.
+pub const STALLED: &str = "Stalled";
+/// The Ready reason of a terminal failure.
+pub const FAILED: &str = "Failed";
 
 /// The status to write: the observed instance's facts, the Ready condition, and the tag keys
 /// applied. Keeps the condition's `lastTransitionTime` unless its value flips.
@@ -21,20 +27,16 @@ pub fn next_status(
     now: jiff::Timestamp,
 ) -> Ec2InstanceStatus {
     let previous = obj.status.clone().unwrap_or_default();
-    let status_word = if readiness.ready { "True" } else { "False" };
-    let last_transition_time = previous
-        .condition(READY)
-        .filter(|c| c.status == status_word)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or(Time(now));
-    let condition = Condition {
-        type_: READY.into(),
-        status: status_word.into(),
-        reason: readiness.reason.into(),
-        message: readiness.message,
-        observed_generation: obj.metadata.generation,
-        last_transition_time,
-    };
+    // kstatus (Flux, kpt, Argo CD's generic checks): Ready, plus Reconciling while work is under
+    // way and Stalled on a terminal failure; each is present only while True.
+    let stalled = readiness.reason == FAILED;
+    let mut conditions = vec![condition(obj, &previous, READY, readiness.ready, &readiness, now)];
+    if !readiness.ready && !stalled {
+        conditions.push(condition(obj, &previous, RECONCILING, true, &readiness, now));
+    }
+    if stalled {
+        conditions.push(condition(obj, &previous, STALLED, true, &readiness, now));
+    }
     let mut status = match observed {
         Some(i) => Ec2InstanceStatus {
             instance_id: Some(i.id.clone()),
@@ -53,8 +55,33 @@ pub fn next_status(
     };
     status.observed_generation = obj.metadata.generation;
     status.applied_tag_keys = applied_tag_keys;
-    status.conditions = vec![condition];
+    status.conditions = conditions;
     status
+}
+
+/// One condition; its `lastTransitionTime` moves only when its value flips.
+fn condition(
+    obj: &Ec2Instance,
+    previous: &Ec2InstanceStatus,
+    type_: &str,
+    value: bool,
+    readiness: &Readiness,
+    now: jiff::Timestamp,
+) -> Condition {
+    let status = if value { "True" } else { "False" };
+    let last_transition_time = previous
+        .condition(type_)
+        .filter(|c| c.status == status)
+        .map(|c| c.last_transition_time.clone())
+        .unwrap_or(Time(now));
+    Condition {
+        type_: type_.into(),
+        status: status.into(),
+        reason: readiness.reason.into(),
+        message: readiness.message.clone(),
+        observed_generation: obj.metadata.generation,
+        last_transition_time,
+    }
 }
 
 /// Write `status` if it differs from the object's; server-side apply, one field manager.
@@ -167,5 +194,27 @@ mod tests {
         );
         assert_eq!(failed.instance_id.as_deref(), Some("i-0123456789abcdef0"));
         assert_eq!(failed.condition(READY).unwrap().status, "False");
+    }
+
+    #[test]
+    fn kstatus_sees_work_under_way_and_terminal_failures() {
+        let obj = Ec2Instance::test();
+        let types =
+            |status: &Ec2InstanceStatus| -> Vec<String> { status.conditions.iter().map(|c| c.type_.clone()).collect() };
+        let now = at("2026-01-01T00:00:00Z");
+        let launching = next_status(&obj, None, vec![], Readiness::not_ready("Launching", "x"), now);
+        assert_eq!(types(&launching), ["Ready", "Reconciling"]);
+        let failed = next_status(&obj, None, vec![], Readiness::not_ready(FAILED, "bad AMI"), now);
+        assert_eq!(types(&failed), ["Ready", "Stalled"]);
+        assert_eq!(failed.condition(STALLED).unwrap().message, "bad AMI");
+        let running = instance_for(&obj.spec, InstanceState::Running);
+        let ready = next_status(
+            &obj,
+            Some(&running),
+            vec![],
+            Readiness::ready("InstanceRunning", "y"),
+            now,
+        );
+        assert_eq!(types(&ready), ["Ready"]);
     }
 }

@@ -413,6 +413,11 @@ async fn a_terminal_error_is_reported_once_and_not_retried_in_a_storm() {
     })
     .await;
     assert!(obj.message.contains("InvalidSubnetID.NotFound"), "{}", obj.message);
+    let stalled = bed.api(&ns).get("lost").await.unwrap().status.unwrap();
+    let stalled = stalled
+        .condition("Stalled")
+        .expect("kstatus Stalled on a terminal error");
+    assert_eq!(stalled.status, "True");
     let described = bed.kubectl(&["describe", "ec2i", "lost", "-n", &ns]);
     assert!(
         described.contains("Warning") && described.contains("Failed"),
