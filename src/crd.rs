@@ -248,6 +248,10 @@ pub struct Ec2InstanceStatus {
     /// the spec is removed from the instance while tags added by others are left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_tag_keys: Vec<String>,
+    /// SHA-256 of the user data on the instance, as its `k106.com/user-data-sha256` tag said when
+    /// last seen: if someone deletes that tag, it is put back instead of restarting the instance.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user_data_sha256: Option<String>,
     /// `Ready` is True when the instance matches the spec (running, or stopped when
     /// `desiredState: Stopped`). Its reason says what the operator is doing or what failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

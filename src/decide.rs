@@ -76,6 +76,8 @@ pub struct Recorded {
     pub fresh: bool,
     /// The spec tag keys applied before, so keys dropped from the spec get removed.
     pub applied_tag_keys: Vec<String>,
+    /// The user data hash last seen on the instance's tag.
+    pub user_data_sha256: Option<String>,
 }
 
 impl Recorded {
@@ -92,6 +94,7 @@ impl Recorded {
             instance_id: status.instance_id.clone(),
             fresh: launched.is_some_and(|at| now.duration_since(at) < grace),
             applied_tag_keys: status.applied_tag_keys.clone(),
+            user_data_sha256: status.user_data_sha256.clone(),
         }
     }
 }
@@ -109,7 +112,7 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
     let id = instance.id.clone();
 
     let mut steps = Vec::new();
-    if let Some(tagging) = tag_changes(desired, instance, &recorded.applied_tag_keys) {
+    if let Some(tagging) = tag_changes(desired, instance, recorded) {
         steps.push(tagging);
     }
     let settled = match instance.state {
@@ -132,7 +135,13 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
 
     let wrong_type = instance.instance_type != desired.spec.instance_type;
     let wanted_hash = desired.user_data_sha256();
-    let wrong_user_data = instance.tags.get(TAG_USER_DATA_SHA256) != wanted_hash.as_ref();
+    // The hash tag if it is there, else what status last saw on it: a deleted tag alone is
+    // no reason to stop a running instance.
+    let applied_hash = instance
+        .tags
+        .get(TAG_USER_DATA_SHA256)
+        .or(recorded.user_data_sha256.as_ref());
+    let wrong_user_data = applied_hash != wanted_hash.as_ref();
     let want_running = desired.spec.desired_state == DesiredState::Running;
 
     if wrong_type || wrong_user_data {
@@ -168,16 +177,24 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
     steps
 }
 
-/// Tags to add or correct (spec and operator tags) and spec keys to remove.
-fn tag_changes(desired: &Desired, instance: &ObservedInstance, applied_tag_keys: &[String]) -> Option<Step> {
+/// Tags to add or correct (spec and operator tags, and a deleted user data hash whose user data
+/// is unchanged) and spec keys to remove.
+fn tag_changes(desired: &Desired, instance: &ObservedInstance, recorded: &Recorded) -> Option<Step> {
     let mut wanted = desired.user_tags();
     wanted.extend(desired.owner.tags());
+    if let Some(hash) = desired.user_data_sha256()
+        && !instance.tags.contains_key(TAG_USER_DATA_SHA256)
+        && recorded.user_data_sha256.as_ref() == Some(&hash)
+    {
+        wanted.insert(TAG_USER_DATA_SHA256.into(), hash);
+    }
     let set: BTreeMap<String, String> = wanted
         .iter()
         .filter(|(k, v)| instance.tags.get(*k) != Some(*v))
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    let remove: Vec<String> = applied_tag_keys
+    let remove: Vec<String> = recorded
+        .applied_tag_keys
         .iter()
         .filter(|k| !wanted.contains_key(*k) && instance.tags.contains_key(*k))
         .cloned()
@@ -426,7 +443,7 @@ mod tests {
         Recorded {
             instance_id: Some(ID.into()),
             fresh,
-            applied_tag_keys: vec![],
+            ..Default::default()
         }
     }
 
@@ -589,6 +606,34 @@ mod tests {
                 Step::Start(ID.into())
             ]
         );
+    }
+
+    #[test]
+    fn a_deleted_user_data_hash_tag_is_put_back_without_a_restart() {
+        // Before: the missing tag read as "user data changed" and a running production instance
+        // was stopped, modified and started.
+        let spec = spec().with_user_data("echo one");
+        let mut running = instance_for(&spec, InstanceState::Running);
+        let hash = running.tags.remove(TAG_USER_DATA_SHA256).unwrap();
+        let owner = owner();
+        let desired = Desired {
+            spec: &spec,
+            owner: &owner,
+        };
+        let seen = Recorded {
+            user_data_sha256: Some(hash.clone()),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&desired, Some(&running), &seen),
+            vec![Step::Tag {
+                id: ID.into(),
+                set: BTreeMap::from([(TAG_USER_DATA_SHA256.into(), hash)]),
+                remove: vec![],
+            }]
+        );
+        let never_seen = plan(&desired, Some(&running), &Recorded::default());
+        assert_eq!(never_seen, vec![Step::Stop(ID.into())], "unknown user data is replaced");
     }
 
     #[test]

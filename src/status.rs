@@ -7,7 +7,7 @@ use kube::api::{Api, Patch, PatchParams, ResourceExt};
 use crate::crd::{Ec2Instance, Ec2InstanceStatus};
 use crate::decide::{READY, Readiness};
 use crate::error::Result;
-use crate::model::ObservedInstance;
+use crate::model::{ObservedInstance, TAG_USER_DATA_SHA256};
 
 pub const FIELD_MANAGER: &str = "ec2-operator";
 /// kstatus: present (True) while the operator is still bringing the instance to the spec.
@@ -48,6 +48,12 @@ pub fn next_status(
             public_dns_name: i.public_dns_name.clone(),
             availability_zone: i.availability_zone.clone(),
             launch_time: i.launch_time.clone(),
+            // A missing tag (deleted out of band) does not erase what was last known.
+            user_data_sha256: i
+                .tags
+                .get(TAG_USER_DATA_SHA256)
+                .cloned()
+                .or_else(|| previous.user_data_sha256.clone()),
             ..Default::default()
         },
         // Nothing observed this time (e.g. EC2 failed): keep the last known facts.
