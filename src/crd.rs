@@ -248,6 +248,13 @@ pub struct Ec2InstanceStatus {
     /// the spec is removed from the instance while tags added by others are left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_tag_keys: Vec<String>,
+    /// The region the instance was launched in, resolved once (`spec.region` or the operator's
+    /// default then): a later change of the operator's default never moves an existing object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// The cluster id the instance is tagged with, resolved once, for the same reason.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_id: Option<String>,
     /// SHA-256 of the user data on the instance, as its `k106.com/user-data-sha256` tag said when
     /// last seen: if someone deletes that tag, it is put back instead of restarting the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -99,6 +99,22 @@ impl Recorded {
     }
 }
 
+/// Where an object's instance lives: the region and cluster id status recorded when it was first
+/// resolved, else the spec's region or the operator's defaults. Re-resolving an existing object
+/// after the operator's default region or cluster id changed would launch a second fleet and
+/// leak the first.
+pub fn placement(obj: &Ec2Instance, default_region: &str, cluster_id: &str) -> (String, String) {
+    let status = obj.status.as_ref();
+    let region = status
+        .and_then(|s| s.region.clone())
+        .or_else(|| obj.spec.region.clone())
+        .unwrap_or_else(|| default_region.to_owned());
+    let cluster = status
+        .and_then(|s| s.cluster_id.clone())
+        .unwrap_or_else(|| cluster_id.to_owned());
+    (region, cluster)
+}
+
 /// The ordered steps that bring `observed` to the spec. Empty means in sync.
 pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &Recorded) -> Vec<Step> {
     let instance = match observed {
@@ -529,6 +545,24 @@ mod tests {
         assert!(!retained.release, "an unseen instance cannot be untagged yet");
         let long_gone = plan_cleanup(DeletionPolicy::Delete, &[], &recorded(false));
         assert!(long_gone.release && long_gone.steps.is_empty());
+    }
+
+    #[test]
+    fn an_existing_object_keeps_its_region_and_cluster_when_the_defaults_change() {
+        let new = Ec2Instance::test();
+        assert_eq!(
+            placement(&new, "eu-west-1", "cluster-b"),
+            ("eu-west-1".to_owned(), "cluster-b".to_owned())
+        );
+        let existing = new.with_status(crate::crd::Ec2InstanceStatus {
+            region: Some("us-east-1".into()),
+            cluster_id: Some("cluster-a".into()),
+            ..Default::default()
+        });
+        assert_eq!(
+            placement(&existing, "eu-west-1", "cluster-b"),
+            ("us-east-1".to_owned(), "cluster-a".to_owned())
+        );
     }
 
     #[test]

@@ -102,11 +102,6 @@ impl Ec2Regions {
         &self.default_region
     }
 
-    /// The region an object lives in: its own, else the operator's default.
-    pub fn region_of<'a>(&'a self, spec_region: Option<&'a str>) -> &'a str {
-        spec_region.unwrap_or(&self.default_region)
-    }
-
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
     }

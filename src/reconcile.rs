@@ -177,13 +177,13 @@ struct Reconciler<'a> {
 
 impl<'a> Reconciler<'a> {
     fn new(ctx: &'a Context, api: Api<Ec2Instance>, obj: Arc<Ec2Instance>) -> Result<Self> {
+        let (region, cluster_id) = decide::placement(&obj, ctx.ec2.default_region(), &ctx.cluster_id);
         let owner = Owner {
             uid: obj.uid().ok_or_else(|| Error::Invalid("object has no uid".into()))?,
             namespace: obj.namespace().unwrap_or_default(),
             name: obj.name_any(),
-            cluster_id: ctx.cluster_id.clone(),
+            cluster_id,
         };
-        let region = ctx.ec2.region_of(obj.spec.region.as_deref()).to_owned();
         ctx.inventory.watch_region(&region);
         Ok(Self {
             ec2: ctx.ec2.client(&region),
@@ -308,7 +308,9 @@ impl<'a> Reconciler<'a> {
         applied_tag_keys: Vec<String>,
         readiness: Readiness,
     ) -> Result<()> {
-        let status = status::next_status(&self.obj, observed, applied_tag_keys, readiness, jiff::Timestamp::now());
+        let mut status = status::next_status(&self.obj, observed, applied_tag_keys, readiness, jiff::Timestamp::now());
+        status.region = Some(self.region.clone());
+        status.cluster_id = Some(self.owner.cluster_id.clone());
         status::write(&self.api, &self.obj, status).await.map(drop)
     }
 
