@@ -5,7 +5,7 @@
 //! It is only a cache: empty after a restart, and an entry is distrusted as soon as the operator
 //! changes that instance, until a poll that started after the change has seen it.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,7 +23,8 @@ struct Snapshot {
 
 #[derive(Default)]
 struct State {
-    regions: BTreeSet<String>,
+    /// Regions to poll, with when an object last asked for each.
+    regions: HashMap<String, Instant>,
     snapshots: HashMap<String, Snapshot>,
 }
 
@@ -66,9 +67,23 @@ impl Inventory {
         self.state.lock().expect("inventory lock poisoned")
     }
 
-    /// Include `region` in the next polls.
+    /// Include `region` in the next polls (every reconcile says so for its own region).
     pub fn watch_region(&self, region: &str) {
-        self.state().regions.insert(region.to_owned());
+        self.state().regions.insert(region.to_owned(), Instant::now());
+    }
+
+    /// The regions to poll now. A region no object has asked for in ten polls (and at least ten
+    /// minutes) is dropped, with its snapshot; the default region is always polled.
+    fn regions_in_use(&self) -> Vec<String> {
+        let unused_after = (self.poll_interval * 10).max(Duration::from_secs(600));
+        let default = self.ec2.default_region();
+        let mut state = self.state();
+        state
+            .regions
+            .retain(|region, used| region == default || used.elapsed() < unused_after);
+        let State { regions, snapshots } = &mut *state;
+        snapshots.retain(|region, _| regions.contains_key(region));
+        regions.keys().cloned().collect()
     }
 
     fn is_fresh(&self, state: &State, region: &str) -> bool {
@@ -81,7 +96,7 @@ impl Inventory {
     /// Whether a recent poll of every watched region succeeded.
     pub fn is_ready(&self) -> bool {
         let state = self.state();
-        state.regions.iter().all(|region| self.is_fresh(&state, region))
+        state.regions.keys().all(|region| self.is_fresh(&state, region))
     }
 
     /// What the last poll of `region` says about instance `id`.
@@ -99,62 +114,70 @@ impl Inventory {
         }
     }
 
-    /// Poll every `poll_interval`, and after each successful poll ask for every object to be
-    /// reconciled against it (from memory). Runs until the receiver is gone.
+    /// Poll every `poll_interval`, and after each poll that saw any region ask for every object
+    /// to be reconciled against it (from memory). Runs until the receiver is gone.
     pub async fn run(&self, polled: mpsc::Sender<()>) {
         let mut ticker = tokio::time::interval(self.poll_interval);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            match self.refresh().await {
-                Ok(count) => {
-                    debug!(count, "inventory polled");
-                    if let Err(mpsc::error::TrySendError::Closed(())) = polled.try_send(()) {
-                        return;
-                    }
-                }
-                Err(err) => {
-                    self.ec2.metrics().error(err.metric_label());
-                    warn!(error = %err, "inventory poll failed");
+            if let Ok(count) = self.refresh().await {
+                debug!(count, "inventory polled");
+                if let Err(mpsc::error::TrySendError::Closed(())) = polled.try_send(()) {
+                    return;
                 }
             }
         }
     }
 
-    /// Poll every watched region once. Returns the number of instances seen.
+    /// Poll every region in use once, all at the same time and each on its own: a failing region
+    /// is logged and counted and leaves the others fresh. Returns the instances seen, or the
+    /// error when no region could be polled.
     pub async fn refresh(&self) -> Result<usize> {
-        let regions: Vec<String> = self.state().regions.iter().cloned().collect();
         let started_at = Instant::now();
-        let mut total = 0;
-        for region in regions {
-            let polled_at = Instant::now();
-            let found = self
-                .ec2
-                .client(&region)
-                .describe_by_tags(&[(TAG_CLUSTER_ID, &self.cluster_id)])
-                .await?;
-            total += found.len();
-            let instances = found.into_iter().map(|i| (i.id.clone(), i)).collect();
-            let mut state = self.state();
-            state.snapshots.insert(
-                region,
-                Snapshot {
-                    started_at: polled_at,
-                    instances,
-                },
-            );
-            let oldest = state
-                .snapshots
-                .values()
-                .map(|s| s.started_at)
-                .min()
-                .unwrap_or(polled_at);
+        let regions = self.regions_in_use();
+        let polls = futures::future::join_all(regions.iter().map(|region| self.poll(region))).await;
+        let (mut total, mut polled, mut last_error) = (0, 0, None);
+        for (region, result) in regions.iter().zip(polls) {
+            match result {
+                Ok(count) => (total, polled) = (total + count, polled + 1),
+                Err(err) => {
+                    self.ec2.metrics().error(err.metric_label());
+                    warn!(%region, error = %err, "inventory poll failed");
+                    last_error = Some(err);
+                }
+            }
+        }
+        let oldest = self.state().snapshots.values().map(|s| s.started_at).min();
+        if let Some(oldest) = oldest {
+            // Changes older than every snapshot no longer matter.
             self.ec2.changes().forget_before(oldest);
         }
         self.ec2
             .metrics()
             .inventory_refreshed(total, started_at.elapsed().as_secs_f64());
-        Ok(total)
+        match last_error {
+            Some(err) if polled == 0 => Err(err),
+            _ => Ok(total),
+        }
+    }
+
+    /// One region's poll: every instance tagged with this cluster's id, all pages.
+    async fn poll(&self, region: &str) -> Result<usize> {
+        let polled_at = Instant::now();
+        let found = self
+            .ec2
+            .client(region)
+            .describe_by_tags(&[(TAG_CLUSTER_ID, &self.cluster_id)])
+            .await?;
+        let count = found.len();
+        let instances = found.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let snapshot = Snapshot {
+            started_at: polled_at,
+            instances,
+        };
+        self.state().snapshots.insert(region.to_owned(), snapshot);
+        Ok(count)
     }
 }
 
@@ -229,6 +252,51 @@ mod tests {
             matches!(inventory.lookup("us-east-1", &instance.id), Sighting::Seen(_)),
             "a poll begun after the change is trusted again"
         );
+    }
+
+    #[tokio::test]
+    async fn a_failing_region_leaves_the_others_fresh() {
+        use aws_sdk_ec2::operation::describe_instances::DescribeInstancesError;
+        let healthy =
+            mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| page(&["i-00000000000000001"], None));
+        let failing = mock!(aws_sdk_ec2::Client::describe_instances).then_error(|| {
+            let meta = aws_sdk_ec2::error::ErrorMetadata::builder()
+                .code("UnauthorizedOperation")
+                .build();
+            DescribeInstancesError::generic(meta)
+        });
+        let east = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&healthy]);
+        let west = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&failing]);
+        let ec2 = Ec2Regions::new("us-east-1".into(), Arc::new(Metrics::default()), move |region| {
+            if region == "us-east-1" {
+                east.clone()
+            } else {
+                west.clone()
+            }
+        });
+        let inventory = Inventory::new(Arc::new(ec2), CLUSTER_ID.into(), Duration::from_secs(30));
+        inventory.watch_region("eu-west-1");
+
+        assert_eq!(inventory.refresh().await.unwrap(), 1, "the healthy region counts");
+        assert!(matches!(
+            inventory.lookup("us-east-1", "i-00000000000000001"),
+            Sighting::Seen(_)
+        ));
+        assert_eq!(
+            inventory.lookup("eu-west-1", "i-00000000000000002"),
+            Sighting::WaitForPoll
+        );
+        assert!(!inventory.is_ready(), "one region is not seen");
+    }
+
+    #[test]
+    fn a_region_no_object_uses_any_more_is_dropped_but_never_the_default() {
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, []));
+        inventory.watch_region("eu-west-1");
+        let long_ago = Instant::now() - Duration::from_secs(3600);
+        inventory.state().regions.insert("eu-west-1".into(), long_ago);
+        inventory.state().regions.insert("us-east-1".into(), long_ago);
+        assert_eq!(inventory.regions_in_use(), vec!["us-east-1".to_owned()]);
     }
 
     #[tokio::test]
