@@ -7,7 +7,11 @@
 #   localstack.sh env      prints `export KEY=VALUE` lines (eval "$(localstack/localstack.sh env)")
 #   localstack.sh install  only create/refresh the virtualenv
 #
-# Env: BED_CACHE (default <repo>/.cache), LOCALSTACK_PORT (default 4566),
+# `up` also starts strict_ec2.py on STRICT_EC2_PORT: the AWS-strict EC2 (eventual consistency,
+# ClientToken idempotency, state rules) that the operator talks to in the tests.
+#
+# Env: BED_CACHE (default <repo>/.cache), LOCALSTACK_PORT (default 4566), STRICT_EC2_PORT (4567),
+#      STRICT_EC2_VISIBILITY_SECONDS (2), STRICT_EC2_TERMINATED_SECONDS (60),
 #      LOCALSTACK_START_TIMEOUT (seconds, default 120), PYTHON (default python3, used to build the venv).
 set -euo pipefail
 
@@ -24,6 +28,8 @@ LOG="$STATE/localstack.log"
 PIDFILE="$STATE/localstack.pid"
 PORTFILE="$STATE/localstack.port"
 ENVFILE="$CACHE/bed/localstack.env"
+STRICT_PORT="${STRICT_EC2_PORT:-4567}"
+STRICT_PIDFILE="$STATE/strict-ec2.pid"
 ENDPOINT="http://127.0.0.1:$PORT"
 
 log() { echo "localstack.sh: $*" >&2; }
@@ -47,6 +53,27 @@ install() {
 
 # pid from the pid file if that process is alive and is our LocalStack, else empty
 our_pid() { pid_from_file "$PIDFILE" localstack.runtime.main || true; }
+
+# The strict EC2 in front of LocalStack: started (or restarted) with the settings of this call.
+# 9>&-: it must not inherit the lock that `up` holds, or `down` would wait for it forever.
+start_strict() {
+  local pid
+  if pid="$(pid_from_file "$STRICT_PIDFILE" strict_ec2.py)"; then stop_pid "$pid"; fi
+  port_in_use "$STRICT_PORT" && die "127.0.0.1:$STRICT_PORT is in use; set STRICT_EC2_PORT to a free port"
+  setsid nohup python3 "$HERE/strict_ec2.py" --port "$STRICT_PORT" --upstream "$ENDPOINT" \
+    --visibility-seconds "${STRICT_EC2_VISIBILITY_SECONDS:-2}" \
+    --terminated-seconds "${STRICT_EC2_TERMINATED_SECONDS:-60}" \
+    </dev/null >"$STATE/strict-ec2.log" 2>&1 9>&- &
+  echo $! >"$STRICT_PIDFILE"
+  for _ in $(seq 50); do port_in_use "$STRICT_PORT" && return 0; sleep 0.1; done
+  die "strict EC2 did not start: $(tail -n 5 "$STATE/strict-ec2.log")"
+}
+
+stop_strict() {
+  local pid
+  if pid="$(pid_from_file "$STRICT_PIDFILE" strict_ec2.py)"; then stop_pid "$pid"; fi
+  rm -f "$STRICT_PIDFILE"
+}
 
 healthy() {
   curl -fsS --max-time 3 "$ENDPOINT/_localstack/health" 2>/dev/null \
@@ -94,6 +121,7 @@ seed() {
     echo "AWS_SECRET_ACCESS_KEY=test"
     echo "AWS_REGION=us-east-1"
     echo "AWS_DEFAULT_REGION=us-east-1"
+    echo "STRICT_EC2_ENDPOINT=http://127.0.0.1:$STRICT_PORT"
     echo "$out"
   } >"$ENVFILE.tmp"
   mv -f "$ENVFILE.tmp" "$ENVFILE"
@@ -116,6 +144,7 @@ tree_pids() {
 
 stop() {
   local pid
+  stop_strict
   pid="$(our_pid)"
   if [ -z "$pid" ]; then
     rm -f "$PIDFILE" "$PORTFILE" "$ENVFILE"
@@ -163,6 +192,7 @@ up() {
     fi
     log "healthy after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')s"
   fi
+  start_strict
   seed
 }
 
@@ -178,7 +208,12 @@ case "$cmd" in
     pid="$(our_pid)"
     # ask the port it was started on, whatever LOCALSTACK_PORT says now
     if [ -n "$pid" ] && [ -f "$PORTFILE" ]; then ENDPOINT="http://127.0.0.1:$(cat "$PORTFILE")"; fi
-    if [ -n "$pid" ] && healthy; then echo up; else echo down; exit 1; fi
+    if [ -n "$pid" ] && healthy && pid_from_file "$STRICT_PIDFILE" strict_ec2.py >/dev/null; then
+      echo up
+    else
+      echo down
+      exit 1
+    fi
     ;;
   env)
     [ -f "$ENVFILE" ] || die "no $ENVFILE: run '$0 up' first"

@@ -113,6 +113,55 @@ async fn ready_only_with_a_fresh_view_of_ec2_and_json_logs_name_the_object() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn eventually_consistent_ec2_gets_one_instance_per_object_and_no_leak_on_early_delete() {
+    // Through the strict EC2 a new instance is invisible for 2 s. Measured before the fix, with
+    // the same mix: duplicate instances, and every early-deleted object's instance left running.
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("strict").await;
+    let operator = Operator::start(&ns);
+    let mut kept = Vec::new();
+    for i in 0..10 {
+        let name = format!("keep-{i}");
+        kept.push((name.clone(), bed.create(&ns, &name, json!({})).await.uid().unwrap()));
+    }
+    let mut doomed = Vec::new();
+    for i in 0..5 {
+        let name = format!("early-{i}");
+        doomed.push((name.clone(), bed.create(&ns, &name, json!({})).await.uid().unwrap()));
+    }
+    // Delete each as soon as its instance is launched: EC2 does not show it yet.
+    for (name, _) in &doomed {
+        eventually(&format!("{name} launched"), MINUTE, || async {
+            bed.api(&ns).get(name).await.ok()?.status?.instance_id
+        })
+        .await;
+        bed.api(&ns).delete(name, &Default::default()).await.unwrap();
+    }
+    for (name, uid) in &doomed {
+        eventually(&format!("{name} gone"), MINUTE, || async {
+            bed.api(&ns).get_opt(name).await.unwrap().is_none().then_some(())
+        })
+        .await;
+        let ever = bed.all_instances_of(uid).await;
+        assert_eq!(ever.len(), 1, "{name}: one instance was ever launched");
+        assert_eq!(state_of(&ever[0]), "terminated", "{name}: and it is terminated");
+    }
+    for (name, uid) in &kept {
+        bed.ready(&ns, name).await;
+        let ever = bed.all_instances_of(uid).await;
+        assert_eq!(ever.len(), 1, "{name}: one instance was ever launched");
+    }
+    // A reconcile that reads the object before its status write arrives looks by owner tag,
+    // which EC2 does not answer yet, and asks again with the same ClientToken: EC2 answers
+    // the original instance. Those replays are fine; a second instance is not.
+    let launches = operator
+        .metric("ec2_operator_ec2_requests_total{operation=\"RunInstances\"}")
+        .await;
+    println!("15 objects: {launches} RunInstances, each object one instance");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn delete_terminates_the_instance_then_releases_the_object() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("delete").await;
@@ -459,7 +508,12 @@ async fn a_steady_fleet_costs_one_describe_per_poll() {
     let (polled, called) = (polls_after - polls_before, calls_after - calls_before);
     println!("steady state, {count} instances: {called} EC2 calls in {polled} polls");
     assert!(polled >= 3.0, "the inventory polls every 2 s: {polled}");
-    assert_eq!(called, polled, "one DescribeInstances per poll for the whole fleet");
+    // A request is counted when it is sent and a poll when it ends: one poll may straddle the
+    // window's edge.
+    assert!(
+        (called - polled).abs() <= 1.0,
+        "one DescribeInstances per poll for the whole fleet: {called} calls, {polled} polls"
+    );
 }
 
 #[tokio::test]

@@ -119,3 +119,45 @@ async fn localstack_runs_describes_and_terminates_an_instance() {
         .expect("TerminateInstances");
     assert_eq!(state_of(&bed.instance(&id).await), "terminated");
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn the_strict_ec2_is_eventually_consistent_and_honours_client_tokens() {
+    let bed = Bed::connect().await;
+    let token = format!("testbed-{}", fastrand::u64(..));
+    let launch = |instance_type: &str| {
+        bed.strict_ec2
+            .run_instances()
+            .client_token(&token)
+            .image_id(&bed.seed.image_id)
+            .instance_type(instance_type.into())
+            .min_count(1)
+            .max_count(1)
+            .send()
+    };
+    let first = launch("t3.micro").await.expect("RunInstances");
+    let id = first.instances()[0].instance_id().unwrap().to_owned();
+
+    // Unknown by id for a while after the launch, as AWS documents; LocalStack knows it at once.
+    let unseen = bed.strict_ec2.describe_instances().instance_ids(&id).send().await;
+    let code = unseen
+        .map(|_| String::new())
+        .unwrap_or_else(|e| e.into_service_error().meta().code().unwrap_or_default().to_owned());
+    assert_eq!(code, "InvalidInstanceID.NotFound");
+    assert!(!state_of(&bed.instance(&id).await).is_empty(), "LocalStack has it");
+
+    // The same token and parameters: the same instance, not a new one. Other parameters: refused.
+    let again = launch("t3.micro").await.expect("RunInstances again");
+    assert_eq!(again.instances()[0].instance_id(), Some(id.as_str()));
+    let mismatch = launch("t3.large").await.unwrap_err();
+    assert_eq!(
+        mismatch.into_service_error().meta().code(),
+        Some("IdempotentParameterMismatch")
+    );
+
+    eventually("the instance becomes visible", Duration::from_secs(30), || async {
+        bed.strict_ec2.describe_instances().instance_ids(&id).send().await.ok()
+    })
+    .await;
+    bed.ec2.terminate_instances().instance_ids(&id).send().await.unwrap();
+}

@@ -30,7 +30,10 @@ pub struct Seed {
 
 pub struct Bed {
     pub client: Client,
+    /// LocalStack itself: consistent at once, the truth the tests check.
     pub ec2: aws_sdk_ec2::Client,
+    /// The AWS-strict EC2 in front of it, as the operator sees EC2.
+    pub strict_ec2: aws_sdk_ec2::Client,
     pub seed: Seed,
 }
 
@@ -44,9 +47,13 @@ impl Bed {
         var("AWS_ENDPOINT_URL");
         let client = Client::try_default().await.expect("kube client from KUBECONFIG");
         let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
+        let strict = aws_sdk_ec2::config::Builder::from(&aws)
+            .endpoint_url(var("STRICT_EC2_ENDPOINT"))
+            .build();
         let bed = Bed {
             client,
             ec2: aws_sdk_ec2::Client::new(&aws),
+            strict_ec2: aws_sdk_ec2::Client::from_conf(strict),
             seed: Seed {
                 image_id: var("TEST_IMAGE_ID"),
                 subnet_id: var("TEST_SUBNET_ID"),
@@ -172,6 +179,22 @@ impl Bed {
         out.reservations()[0].instances()[0].clone()
     }
 
+    /// Every instance ever launched with this owner tag, terminated ones too.
+    pub async fn all_instances_of(&self, uid: &str) -> Vec<Instance> {
+        let out = self
+            .ec2
+            .describe_instances()
+            .filters(Filter::builder().name("tag:k106.com/owner-uid").values(uid).build())
+            .max_results(1000)
+            .send()
+            .await
+            .expect("describe by tag");
+        out.reservations()
+            .iter()
+            .flat_map(|r| r.instances().iter().cloned())
+            .collect()
+    }
+
     /// Instances (any state but terminated) carrying this owner tag.
     pub async fn live_instances_of(&self, uid: &str) -> Vec<Instance> {
         let out = self
@@ -272,7 +295,11 @@ impl Operator {
         let dir = PathBuf::from(ROOT).join(".cache/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join(format!("{namespace}-{}.log", fastrand::u32(..)));
+        // The operator talks to the AWS-strict EC2 in front of LocalStack; the tests check the
+        // outcome straight at LocalStack (AWS_ENDPOINT_URL), which is consistent at once.
+        let strict = var("STRICT_EC2_ENDPOINT");
         let child = Command::new(env!("CARGO_BIN_EXE_ec2-operator"))
+            .env("AWS_ENDPOINT_URL", strict)
             .envs(env.iter().copied())
             .args(["--namespace", namespace, "--cluster-id", &format!("e2e-{namespace}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
