@@ -371,6 +371,52 @@ async fn security_groups_and_user_data_follow_the_spec() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn user_data_secrets_never_reach_logs_or_events() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("secrets").await;
+    let operator = Operator::start(&ns);
+    let first = format!("DB_PASSWORD=planted-{}", fastrand::u64(..));
+    let second = format!("DB_PASSWORD=planted-{}", fastrand::u64(..));
+    bed.create(&ns, "vault", json!({"userData": first})).await;
+    bed.ready(&ns, "vault").await;
+    // A change runs stop -> modify -> start: every step is logged and told as an event.
+    bed.patch_spec(&ns, "vault", json!({"userData": second})).await;
+    let old = bed.ready(&ns, "vault").await.status.unwrap().instance_id.unwrap();
+    // Drift that needs a launch: the plan then carries the whole launch request, user data too.
+    bed.ec2.terminate_instances().instance_ids(&old).send().await.unwrap();
+    eventually("a replacement", MINUTE, || async {
+        let id = bed.api(&ns).get("vault").await.ok()?.status?.instance_id?;
+        (id != old).then_some(())
+    })
+    .await;
+    bed.ready(&ns, "vault").await;
+
+    let events = bed.kubectl(&["get", "events", "-n", &ns, "-o", "json"]);
+    let logs = operator.log_text();
+    assert!(events.contains("user data replaced"), "the change was told: {events}");
+    assert!(events.contains("DriftDetected"), "the drift was told: {events}");
+    for secret in [&first, &second] {
+        assert!(!events.contains(secret.as_str()), "an event carries the user data");
+        assert!(!logs.contains(secret.as_str()), "the log carries the user data");
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn sigterm_ends_the_operator_cleanly() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("sigterm").await;
+    let mut operator = Operator::start(&ns);
+    bed.create(&ns, "calm", json!({})).await;
+    bed.ready(&ns, "calm").await;
+    let started = std::time::Instant::now();
+    let status = operator.terminate();
+    assert!(status.success(), "exit status {status}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn retain_leaves_the_instance_running_without_operator_tags() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("retain").await;

@@ -313,6 +313,15 @@ impl Operator {
         Operator { child, admin_port, log }
     }
 
+    /// SIGTERM, as Kubernetes stops a pod, and the exit status once it has ended.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        self.child.wait().expect("the operator exits")
+    }
+
     /// SIGKILL: no chance to clean up, as in a node failure.
     pub fn kill(&mut self) {
         let _ = self.child.kill();
