@@ -248,6 +248,10 @@ pub struct Ec2InstanceStatus {
     /// the spec is removed from the instance while tags added by others are left alone.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub applied_tag_keys: Vec<String>,
+    /// Replacements in a row without the instance ever becoming Ready (one that dies on its own
+    /// right after each launch). The next one waits 30 s, doubling up to an hour; Ready resets it.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replacements: u32,
     /// The region the instance was launched in, resolved once (`spec.region` or the operator's
     /// default then): a later change of the operator's default never moves an existing object.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -264,6 +268,10 @@ pub struct Ec2InstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 impl Ec2InstanceStatus {

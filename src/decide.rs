@@ -78,6 +78,10 @@ pub struct Recorded {
     pub applied_tag_keys: Vec<String>,
     /// The user data hash last seen on the instance's tag.
     pub user_data_sha256: Option<String>,
+    /// Replacements in a row without reaching Ready.
+    pub replacements: u32,
+    /// Time since the recorded instance was launched (or started).
+    pub since_launch: Option<Duration>,
 }
 
 impl Recorded {
@@ -89,13 +93,43 @@ impl Recorded {
             .launch_time
             .as_deref()
             .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let grace = jiff::SignedDuration::try_from(VISIBILITY_GRACE).unwrap_or_default();
+        let since_launch = launched.map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default());
         Self {
             instance_id: status.instance_id.clone(),
-            fresh: launched.is_some_and(|at| now.duration_since(at) < grace),
+            fresh: since_launch.is_some_and(|d| d < VISIBILITY_GRACE),
             applied_tag_keys: status.applied_tag_keys.clone(),
             user_data_sha256: status.user_data_sha256.clone(),
+            replacements: status.replacements,
+            since_launch,
         }
+    }
+
+    /// How long the next replacement must still wait, if it must.
+    pub fn replacement_wait(&self) -> Option<Duration> {
+        let wait = replacement_delay(self.replacements).checked_sub(self.since_launch?)?;
+        (!wait.is_zero()).then_some(wait)
+    }
+}
+
+/// The wait before a replacement after `replacements` in a row: none for the first, then 30 s
+/// doubling up to an hour. An instance that dies on its own after every launch is relaunched a
+/// few times an hour at most, not on every poll.
+pub fn replacement_delay(replacements: u32) -> Duration {
+    match replacements {
+        0 => Duration::ZERO,
+        n => (Duration::from_secs(30) * (1 << (n - 1).min(7))).min(Duration::from_secs(3600)),
+    }
+}
+
+/// Replacements in a row, as status records them after this reconcile.
+pub fn replacements(recorded: &Recorded, steps: &[Step], ready: bool) -> u32 {
+    let replaced = steps
+        .iter()
+        .any(|s| matches!(s, Step::Launch { replaces: Some(_), .. }));
+    match (ready, replaced) {
+        (true, _) => 0,
+        (false, true) => recorded.replacements + 1,
+        (false, false) => recorded.replacements,
     }
 }
 
@@ -119,6 +153,8 @@ pub fn placement(obj: &Ec2Instance, default_region: &str, cluster_id: &str) -> (
 pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &Recorded) -> Vec<Step> {
     let instance = match observed {
         Some(instance) if !instance.state.is_dead() => instance,
+        // Replaced again and again without ever becoming Ready: wait before the next one.
+        _ if recorded.instance_id.is_some() && recorded.replacement_wait().is_some() => return vec![Step::Wait],
         // Gone or terminated out of band: replace it, as a ReplicaSet replaces a deleted pod.
         Some(dead) => return vec![desired.launch(Some(dead.id.clone()))],
         // Launched moments ago and not visible yet: wait for EC2 rather than launch again.
@@ -563,6 +599,42 @@ mod tests {
             placement(&existing, "eu-west-1", "cluster-b"),
             ("us-east-1".to_owned(), "cluster-a".to_owned())
         );
+    }
+
+    #[test]
+    fn an_instance_that_keeps_dying_is_replaced_ever_more_slowly() {
+        // Before: every poll launched (and billed) another instance.
+        let spec = spec();
+        let owner = owner();
+        let desired = Desired {
+            spec: &spec,
+            owner: &owner,
+        };
+        let dead = instance_for(&spec, InstanceState::Terminated);
+        let after = |replacements: u32, secs: u64| Recorded {
+            instance_id: Some(ID.into()),
+            replacements,
+            since_launch: Some(Duration::from_secs(secs)),
+            ..Default::default()
+        };
+        assert_eq!(
+            plan(&desired, Some(&dead), &after(0, 5)),
+            vec![launch_of(&spec, Some(ID))]
+        );
+        assert_eq!(plan(&desired, Some(&dead), &after(1, 5)), vec![Step::Wait]);
+        assert_eq!(
+            plan(&desired, Some(&dead), &after(1, 31)),
+            vec![launch_of(&spec, Some(ID))]
+        );
+        assert_eq!(
+            plan(&desired, Some(&dead), &after(3, 100)),
+            vec![Step::Wait],
+            "120 s after 3"
+        );
+        assert_eq!(replacement_delay(20), Duration::from_secs(3600), "at most an hour");
+        let launch = [launch_of(&spec, Some(ID))];
+        assert_eq!(replacements(&after(2, 0), &launch, false), 3);
+        assert_eq!(replacements(&after(2, 0), &[], true), 0, "Ready resets the count");
     }
 
     #[test]

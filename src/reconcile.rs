@@ -222,13 +222,15 @@ impl<'a> Reconciler<'a> {
         let current = self.execute(&steps, observed).await?;
         let readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
         let settled = readiness.ready && steps.is_empty();
+        let replacements = decide::replacements(&self.recorded, &steps, readiness.ready);
         let applied = decide::applied_tag_keys(&self.obj.spec);
-        self.write_status(current.as_ref(), applied, readiness).await?;
-        Ok(Action::requeue(if settled {
+        self.write_status(current.as_ref(), applied, readiness, replacements)
+            .await?;
+        Ok(Action::requeue(match self.recorded.replacement_wait() {
             // The inventory poll triggers every object; this is only a safety net.
-            self.ctx.timing.poll_interval * 5
-        } else {
-            self.ctx.timing.transition_interval
+            _ if settled => self.ctx.timing.poll_interval * 5,
+            Some(wait) if steps == [Step::Wait] => wait.max(self.ctx.timing.transition_interval),
+            _ => self.ctx.timing.transition_interval,
         }))
     }
 
@@ -252,7 +254,8 @@ impl<'a> Reconciler<'a> {
         let ids: Vec<&str> = cleanup.steps.iter().filter_map(Step::instance_id).collect();
         let what = format!("terminating {ids:?}");
         let readiness = Readiness::not_ready("Deleting", what.clone());
-        self.write_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness)
+        let applied = self.recorded.applied_tag_keys.clone();
+        self.write_status(owned.first(), applied, readiness, self.recorded.replacements)
             .await?;
         Err(Error::Waiting(what))
     }
@@ -307,10 +310,12 @@ impl<'a> Reconciler<'a> {
         observed: Option<&ObservedInstance>,
         applied_tag_keys: Vec<String>,
         readiness: Readiness,
+        replacements: u32,
     ) -> Result<()> {
         let mut status = status::next_status(&self.obj, observed, applied_tag_keys, readiness, jiff::Timestamp::now());
         status.region = Some(self.region.clone());
         status.cluster_id = Some(self.owner.cluster_id.clone());
+        status.replacements = replacements;
         status::write(&self.api, &self.obj, status).await.map(drop)
     }
 

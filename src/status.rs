@@ -59,6 +59,7 @@ pub fn next_status(
         // Nothing observed this time (e.g. EC2 failed): keep the last known facts.
         None => previous.clone(),
     };
+    status.replacements = previous.replacements;
     status.region = previous.region.clone();
     status.cluster_id = previous.cluster_id.clone();
     status.observed_generation = obj.metadata.generation;
