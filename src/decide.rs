@@ -82,6 +82,8 @@ pub struct Recorded {
     pub replacements: u32,
     /// Time since the recorded instance was launched (or started).
     pub since_launch: Option<Duration>,
+    /// Status was last written for the current generation: the spec has not changed since.
+    pub same_generation: bool,
 }
 
 impl Recorded {
@@ -101,6 +103,7 @@ impl Recorded {
             user_data_sha256: status.user_data_sha256.clone(),
             replacements: status.replacements,
             since_launch,
+            same_generation: status.condition(READY).and_then(|c| c.observed_generation) == obj.metadata.generation,
         }
     }
 
@@ -147,6 +150,27 @@ pub fn placement(obj: &Ec2Instance, default_region: &str, cluster_id: &str) -> (
         .and_then(|s| s.cluster_id.clone())
         .unwrap_or_else(|| cluster_id.to_owned());
     (region, cluster)
+}
+
+/// State reasons of an instance that died on its own: a new launch of the same spec would meet
+/// them again. A person's terminate (`Client.UserInitiatedShutdown`) or the instance's own
+/// shutdown is not among them: those are replaced.
+fn is_launch_failure(state_reason: &str) -> bool {
+    const REPLACEABLE: [&str; 3] = [
+        "Client.UserInitiatedShutdown",
+        "Client.InstanceInitiatedShutdown",
+        "Client.UserInitiatedHibernate",
+    ];
+    state_reason.starts_with("Client.") && !REPLACEABLE.iter().any(|r| state_reason.starts_with(r))
+}
+
+/// Why `observed` must not be replaced: the recorded instance died at launch for a reason that
+/// would recur, and the spec has not changed since. `None` lets the plan replace it.
+pub fn launch_failure(observed: Option<&ObservedInstance>, recorded: &Recorded) -> Option<(String, String)> {
+    let dead = observed.filter(|i| i.state.is_dead())?;
+    let reason = dead.state_reason.as_deref().filter(|r| is_launch_failure(r))?;
+    (recorded.same_generation && recorded.instance_id.as_deref() == Some(dead.id.as_str()))
+        .then(|| (dead.id.clone(), reason.to_owned()))
 }
 
 /// The ordered steps that bring `observed` to the spec. Empty means in sync.
@@ -635,6 +659,31 @@ mod tests {
         let launch = [launch_of(&spec, Some(ID))];
         assert_eq!(replacements(&after(2, 0), &launch, false), 3);
         assert_eq!(replacements(&after(2, 0), &[], true), 0, "Ready resets the count");
+    }
+
+    #[test]
+    fn an_instance_that_died_at_launch_is_not_replaced_until_the_spec_changes() {
+        let mut dead = instance_for(&spec(), InstanceState::Terminated);
+        dead.state_reason = Some("Client.InternalError: Client error on launch".into());
+        let mut recorded = Recorded {
+            instance_id: Some(ID.into()),
+            same_generation: true,
+            ..Default::default()
+        };
+        let (id, reason) = launch_failure(Some(&dead), &recorded).expect("a launch failure");
+        assert_eq!(
+            (id.as_str(), reason.as_str()),
+            (ID, "Client.InternalError: Client error on launch")
+        );
+        recorded.same_generation = false;
+        assert_eq!(launch_failure(Some(&dead), &recorded), None, "a new spec is tried");
+        recorded.same_generation = true;
+        dead.state_reason = Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
+        assert_eq!(
+            launch_failure(Some(&dead), &recorded),
+            None,
+            "a person's terminate is replaced"
+        );
     }
 
     #[test]

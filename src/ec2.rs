@@ -469,6 +469,13 @@ fn observe(instance: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> 
         private_dns_name: non_empty(instance.private_dns_name()),
         public_dns_name: non_empty(instance.public_dns_name()),
         availability_zone: non_empty(instance.placement().and_then(|p| p.availability_zone())),
+        state_reason: instance.state_reason().and_then(|r| {
+            let code = r.code()?;
+            Some(match r.message() {
+                Some(message) => format!("{code}: {message}"),
+                None => code.to_owned(),
+            })
+        }),
         launch_time: instance
             .launch_time()
             .and_then(|t| t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime).ok()),

@@ -35,6 +35,11 @@ pub enum Error {
     #[error("waiting: {0}")]
     Waiting(String),
 
+    /// The instance died on its own at launch for a reason a new launch would meet again (a
+    /// `Client.*` state reason such as a bad KMS key): not replaced until the spec changes.
+    #[error("instance {id} died at launch: {reason}; change the spec to try again")]
+    InstanceDied { id: String, reason: String },
+
     /// The object cannot be reconciled as written (something admission could not catch).
     #[error("invalid object: {0}")]
     Invalid(String),
@@ -50,7 +55,7 @@ impl Error {
             Error::Aws(fault) => fault.retryable,
             Error::Kube(_) => true,
             Error::Waiting(_) => true,
-            Error::Invalid(_) => false,
+            Error::InstanceDied { .. } | Error::Invalid(_) => false,
         }
     }
 
@@ -60,6 +65,7 @@ impl Error {
             Error::Aws(fault) => format!("aws:{}", fault.code),
             Error::Kube(_) => "kube".into(),
             Error::Waiting(_) => "waiting".into(),
+            Error::InstanceDied { .. } => "instance_died".into(),
             Error::Invalid(_) => "invalid".into(),
         }
     }

@@ -124,6 +124,7 @@ pub fn instance_for(spec: &Ec2InstanceSpec, state: InstanceState) -> ObservedIns
         public_dns_name: None,
         availability_zone: Some("us-east-1a".into()),
         launch_time: Some("2026-01-01T00:00:00Z".into()),
+        state_reason: None,
     }
 }
 

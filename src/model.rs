@@ -70,6 +70,8 @@ pub struct ObservedInstance {
     pub public_dns_name: Option<String>,
     pub availability_zone: Option<String>,
     pub launch_time: Option<String>,
+    /// Why EC2 last changed the state, e.g. `Client.InternalError: Client error on launch`.
+    pub state_reason: Option<String>,
 }
 
 /// Everything RunInstances needs for one instance.

@@ -211,6 +211,9 @@ impl<'a> Reconciler<'a> {
             },
             _ => self.find().await?,
         };
+        if let Some((id, reason)) = decide::launch_failure(observed.as_ref(), &self.recorded) {
+            return Err(Error::InstanceDied { id, reason });
+        }
         let desired = Desired {
             spec: &self.obj.spec,
             owner: &self.owner,
@@ -498,6 +501,40 @@ mod tests {
 
         assert_eq!(retag.num_calls(), 0, "never retag another object's instance");
         assert_eq!(launch.num_calls(), 1, "this object gets its own instance");
+    }
+
+    #[tokio::test]
+    async fn an_instance_that_died_at_launch_is_reported_not_relaunched() {
+        use aws_sdk_ec2::types::StateReason;
+        const DIED: &str = "i-0aaaaaaaaaaaaaaaa";
+        let launched = instance_for(&spec(), crate::model::InstanceState::Pending).with_id(DIED);
+        let obj = Ec2Instance::test().finalized().ready_on(&launched);
+        let died = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
+            let mut instance = sdk_instance(DIED, InstanceStateName::Terminated, UID);
+            instance.state_reason = Some(
+                StateReason::builder()
+                    .code("Client.InternalError")
+                    .message("Client.InternalError: Client error on launch")
+                    .build(),
+            );
+            described(vec![instance])
+        });
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&died, &launch]);
+        let (client, server) = ApiServer::start(obj.clone());
+        let ctx = context(client, ec2);
+
+        // Not steady (it never became Ready): the reconcile asks EC2 and sees it dead.
+        let mut launching = obj.clone();
+        launching.status.as_mut().unwrap().conditions[0].status = "False".into();
+        let err = reconcile(Arc::new(launching), ctx).await.unwrap_err();
+
+        assert!(matches!(err, Error::InstanceDied { .. }), "{err}");
+        assert!(!err.is_transient());
+        assert_eq!(launch.num_calls(), 0, "no relaunch into the same failure");
+        let last = server.status_patches().pop().unwrap();
+        assert_eq!(last["status"]["conditions"][0]["reason"], "Failed");
+        assert_eq!(last["status"]["conditions"][1]["type"], "Stalled");
     }
 
     #[tokio::test]
