@@ -173,6 +173,13 @@ pub fn launch_failure(observed: Option<&ObservedInstance>, recorded: &Recorded) 
         .then(|| (dead.id.clone(), reason.to_owned()))
 }
 
+/// The instance type to confirm with EC2 before the plan stops a running instance to change it:
+/// stopping for a type EC2 does not offer would leave the instance down.
+pub fn type_to_confirm<'a>(desired: &'a Desired, observed: Option<&ObservedInstance>) -> Option<&'a str> {
+    let instance = observed.filter(|i| !i.state.is_dead())?;
+    (instance.instance_type != desired.spec.instance_type).then_some(desired.spec.instance_type.as_str())
+}
+
 /// The ordered steps that bring `observed` to the spec. Empty means in sync.
 pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &Recorded) -> Vec<Step> {
     let instance = match observed {

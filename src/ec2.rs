@@ -64,6 +64,9 @@ pub fn timeout_config(attempt: Duration) -> aws_config::timeout::TimeoutConfig {
 /// Makes the SDK client for a region.
 type MakeClient = Box<dyn Fn(&str) -> aws_sdk_ec2::Client + Send + Sync>;
 
+/// Instance types EC2 was asked about, per region: whether each exists.
+type KnownTypes = Arc<Mutex<HashMap<(String, String), bool>>>;
+
 /// One EC2 client per region, made on first use, sharing metrics and the change log.
 pub struct Ec2Regions {
     default_region: String,
@@ -71,6 +74,7 @@ pub struct Ec2Regions {
     clients: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
     metrics: Arc<Metrics>,
     changes: Arc<Changes>,
+    instance_types: KnownTypes,
 }
 
 impl Ec2Regions {
@@ -85,6 +89,7 @@ impl Ec2Regions {
             clients: Mutex::default(),
             metrics,
             changes: Arc::default(),
+            instance_types: Arc::default(),
         }
     }
 
@@ -120,8 +125,10 @@ impl Ec2Regions {
             .clone();
         Ec2 {
             client,
+            region: region.to_owned(),
             metrics: self.metrics.clone(),
             changes: self.changes.clone(),
+            instance_types: self.instance_types.clone(),
         }
     }
 }
@@ -130,8 +137,10 @@ impl Ec2Regions {
 #[derive(Clone)]
 pub struct Ec2 {
     client: aws_sdk_ec2::Client,
+    region: String,
     metrics: Arc<Metrics>,
     changes: Arc<Changes>,
+    instance_types: KnownTypes,
 }
 
 impl Ec2 {
@@ -154,6 +163,31 @@ impl Ec2 {
             .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(*v).build())
             .collect();
         self.describe(None, Some(filters)).await
+    }
+
+    /// Whether EC2 offers `instance_type` in this region; asked once per type and region.
+    pub async fn instance_type_exists(&self, instance_type: &str) -> Result<bool> {
+        let key = (self.region.clone(), instance_type.to_owned());
+        if let Some(known) = self.instance_types.lock().expect("type cache poisoned").get(&key) {
+            return Ok(*known);
+        }
+        self.count("DescribeInstanceTypes");
+        let answer = self
+            .client
+            .describe_instance_types()
+            .instance_types(instance_type.into())
+            .send()
+            .await;
+        let exists = match answer {
+            Ok(out) => !out.instance_types().is_empty(),
+            Err(err) if matches!(err.code(), Some("InvalidInstanceType" | "InvalidParameterValue")) => false,
+            Err(err) => return Err(fault("DescribeInstanceTypes", err)),
+        };
+        self.instance_types
+            .lock()
+            .expect("type cache poisoned")
+            .insert(key, exists);
+        Ok(exists)
     }
 
     /// Carry out one step. A launch returns the new instance; other steps return `None`.
@@ -562,8 +596,10 @@ mod tests {
     fn ec2(client: aws_sdk_ec2::Client) -> Ec2 {
         Ec2 {
             client,
+            region: "us-east-1".into(),
             metrics: Arc::new(Metrics::default()),
             changes: Arc::default(),
+            instance_types: Arc::default(),
         }
     }
 

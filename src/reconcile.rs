@@ -16,7 +16,7 @@ use crate::backoff::Backoff;
 use crate::crd::{DeletionPolicy, Ec2Instance};
 use crate::decide::{self, Desired, Readiness, Recorded};
 use crate::ec2::{Ec2, Ec2Regions};
-use crate::error::{Error, Result};
+use crate::error::{AwsFault, Error, Result};
 use crate::events::Reason;
 use crate::inventory::{Inventory, Sighting};
 use crate::metrics::Metrics;
@@ -218,6 +218,19 @@ impl<'a> Reconciler<'a> {
             spec: &self.obj.spec,
             owner: &self.owner,
         };
+        if let Some(instance_type) = decide::type_to_confirm(&desired, observed.as_ref())
+            && !self.ec2.instance_type_exists(instance_type).await?
+        {
+            return Err(Error::Aws(AwsFault {
+                operation: "DescribeInstanceTypes",
+                code: "InvalidInstanceType".into(),
+                message: format!(
+                    "EC2 does not offer instance type {instance_type} in {}; the instance keeps its type",
+                    self.region
+                ),
+                retryable: false,
+            }));
+        }
         let steps = decide::plan(&desired, observed.as_ref(), &self.recorded);
         if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
             self.publish(reason, note).await;
@@ -535,6 +548,45 @@ mod tests {
         let last = server.status_patches().pop().unwrap();
         assert_eq!(last["status"]["conditions"][0]["reason"], "Failed");
         assert_eq!(last["status"]["conditions"][1]["type"], "Stalled");
+    }
+
+    #[tokio::test]
+    async fn an_unknown_instance_type_fails_before_the_instance_is_stopped() {
+        use aws_sdk_ec2::operation::describe_instance_types::DescribeInstanceTypesError;
+        const ID: &str = "i-0aaaaaaaaaaaaaaaa";
+        let running = instance_for(&spec(), crate::model::InstanceState::Running).with_id(ID);
+        let mut obj = Ec2Instance::test().finalized().ready_on(&running).with_type("t9.nope");
+        obj.metadata.generation = Some(2); // the spec changed
+        let described_running = mock!(aws_sdk_ec2::Client::describe_instances)
+            .then_output(|| described(vec![sdk_instance(ID, InstanceStateName::Running, UID)]));
+        let unknown = mock!(aws_sdk_ec2::Client::describe_instance_types)
+            .match_requests(|r| r.instance_types().iter().any(|t| t.as_str() == "t9.nope"))
+            .then_error(|| {
+                let meta = aws_sdk_ec2::error::ErrorMetadata::builder()
+                    .code("InvalidInstanceType")
+                    .build();
+                DescribeInstanceTypesError::generic(meta)
+            });
+        let stop = mock!(aws_sdk_ec2::Client::stop_instances)
+            .then_output(|| aws_sdk_ec2::operation::stop_instances::StopInstancesOutput::builder().build());
+        let tags = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&described_running, &unknown, &stop, &tags]
+        );
+        let (client, _server) = ApiServer::start(obj.clone());
+
+        let err = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap_err();
+
+        assert!(!err.is_transient(), "{err}");
+        assert!(err.to_string().contains("t9.nope"), "{err}");
+        assert_eq!(
+            stop.num_calls(),
+            0,
+            "a running instance is not stopped for a type EC2 lacks"
+        );
     }
 
     #[tokio::test]
