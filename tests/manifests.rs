@@ -35,3 +35,35 @@ fn examples_parse_as_ec2instances() {
         assert!(obj.spec.image_id.starts_with("ami-"));
     }
 }
+
+#[test]
+fn the_iam_policy_allows_every_ec2_call_the_code_makes_and_no_wildcard_owner() {
+    let policy = read("deploy/iam-policy.json");
+    let code = read("src/ec2.rs");
+    // Every request is counted by name (`self.count("Operation")`), so the code lists them.
+    let calls: Vec<&str> = code
+        .split("self.count(\"")
+        .skip(1)
+        .filter_map(|rest| rest.split('"').next())
+        .collect();
+    assert!(calls.len() >= 10, "found {calls:?}");
+    for call in calls {
+        assert!(
+            policy.contains(&format!("\"ec2:{call}\"")),
+            "deploy/iam-policy.json lacks ec2:{call}"
+        );
+    }
+    assert!(
+        !policy.contains("StringLike"),
+        "ownership conditions must name this cluster's id"
+    );
+    let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
+    for statement in policy["Statement"].as_array().unwrap() {
+        if statement["Action"] == "iam:PassRole" {
+            assert_ne!(
+                statement["Resource"], "*",
+                "PassRole is scoped to the operator's role path"
+            );
+        }
+    }
+}
