@@ -197,19 +197,9 @@ impl Bed {
 
     /// Instances (any state but terminated) carrying this owner tag.
     pub async fn live_instances_of(&self, uid: &str) -> Vec<Instance> {
-        let out = self
-            .ec2
-            .describe_instances()
-            .filters(Filter::builder().name("tag:k106.com/owner-uid").values(uid).build())
-            .max_results(1000)
-            .send()
-            .await
-            .expect("describe by tag");
-        out.reservations()
-            .iter()
-            .flat_map(|r| r.instances().iter().cloned())
-            .filter(|i| state_of(i) != "terminated")
-            .collect()
+        let mut all = self.all_instances_of(uid).await;
+        all.retain(|i| state_of(i) != "terminated");
+        all
     }
 
     /// `kubectl` against the bed, returning stdout.
