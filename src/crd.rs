@@ -252,6 +252,12 @@ pub struct Ec2InstanceStatus {
     /// right after each launch). The next one waits 30 s, doubling up to an hour; Ready resets it.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub replacements: u32,
+    /// Other live instances carrying this object's owner tag, as last seen, and since when
+    /// (RFC 3339). Still there a poll interval later, they are terminated.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub duplicates: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicates_since: Option<String>,
     /// The region the instance was launched in, resolved once (`spec.region` or the operator's
     /// default then): a later change of the operator's default never moves an existing object.
     #[serde(default, skip_serializing_if = "Option::is_none")]

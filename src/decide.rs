@@ -84,6 +84,9 @@ pub struct Recorded {
     pub since_launch: Option<Duration>,
     /// Status was last written for the current generation: the spec has not changed since.
     pub same_generation: bool,
+    /// Duplicates seen before, and how long ago they were first seen.
+    pub duplicates: Vec<String>,
+    pub duplicates_for: Option<Duration>,
 }
 
 impl Recorded {
@@ -104,6 +107,12 @@ impl Recorded {
             replacements: status.replacements,
             since_launch,
             same_generation: status.condition(READY).and_then(|c| c.observed_generation) == obj.metadata.generation,
+            duplicates: status.duplicates.clone(),
+            duplicates_for: status
+                .duplicates_since
+                .as_deref()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
+                .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default()),
         }
     }
 
@@ -341,6 +350,45 @@ pub fn choose(
     let chosen = found.next();
     let extras = found.filter(|i| !i.state.is_dead()).collect();
     (chosen, extras)
+}
+
+/// Duplicates to terminate now: extra live instances of this owner that were already seen at
+/// least `confirm_after` ago (a poll interval: two sightings, not one answer, decide).
+pub fn duplicates_to_terminate(extras: &[ObservedInstance], recorded: &Recorded, confirm_after: Duration) -> Vec<Step> {
+    if recorded.duplicates_for.is_none_or(|seen| seen < confirm_after) {
+        return Vec::new();
+    }
+    extras
+        .iter()
+        .filter(|i| recorded.duplicates.contains(&i.id))
+        .map(|i| Step::Terminate(i.id.clone()))
+        .collect()
+}
+
+/// The duplicates to remember in status after `steps` ran, and since when they are seen.
+pub fn duplicates_seen(
+    extras: &[ObservedInstance],
+    steps: &[Step],
+    recorded: &Recorded,
+    now: jiff::Timestamp,
+) -> (Vec<String>, Option<String>) {
+    let left: Vec<String> = extras
+        .iter()
+        .map(|i| i.id.clone())
+        .filter(|id| !steps.contains(&Step::Terminate(id.clone())))
+        .collect();
+    if left.is_empty() {
+        return (left, None);
+    }
+    let seen_before = left.iter().any(|id| recorded.duplicates.contains(id));
+    let since = match recorded
+        .duplicates_for
+        .and_then(|d| jiff::SignedDuration::try_from(d).ok())
+    {
+        Some(ago) if seen_before => now.checked_sub(ago).unwrap_or(now),
+        _ => now,
+    };
+    (left, Some(since.to_string()))
 }
 
 /// What deleting the object does next.
@@ -691,6 +739,33 @@ mod tests {
             None,
             "a person's terminate is replaced"
         );
+    }
+
+    #[test]
+    fn a_duplicate_is_terminated_only_when_seen_again_a_poll_later() {
+        let extra = instance_for(&spec(), InstanceState::Running).with_id("i-0bbbbbbbbbbbbbbbb");
+        let seen = |ids: &[&str], secs: u64| Recorded {
+            duplicates: ids.iter().map(|s| s.to_string()).collect(),
+            duplicates_for: Some(Duration::from_secs(secs)),
+            ..Default::default()
+        };
+        let poll = Duration::from_secs(30);
+        let extras = std::slice::from_ref(&extra);
+        assert_eq!(
+            duplicates_to_terminate(extras, &Recorded::default(), poll),
+            vec![],
+            "first sighting"
+        );
+        assert_eq!(
+            duplicates_to_terminate(extras, &seen(&[&extra.id], 5), poll),
+            vec![],
+            "same poll"
+        );
+        assert_eq!(
+            duplicates_to_terminate(extras, &seen(&[&extra.id], 31), poll),
+            vec![Step::Terminate(extra.id.clone())]
+        );
+        assert_eq!(duplicates_to_terminate(extras, &seen(&["i-0other"], 31), poll), vec![]);
     }
 
     #[test]

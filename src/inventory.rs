@@ -14,11 +14,13 @@ use tracing::{debug, warn};
 
 use crate::ec2::Ec2Regions;
 use crate::error::Result;
-use crate::model::{ObservedInstance, TAG_CLUSTER_ID};
+use crate::model::{ObservedInstance, TAG_CLUSTER_ID, TAG_OWNER_UID};
 
 struct Snapshot {
     started_at: Instant,
     instances: HashMap<String, ObservedInstance>,
+    /// Live instance ids by owner uid: duplicates are found without another EC2 call.
+    live_by_owner: HashMap<String, Vec<String>>,
 }
 
 #[derive(Default)]
@@ -114,6 +116,18 @@ impl Inventory {
         }
     }
 
+    /// Other live instances the last poll of `region` saw with `owner_uid`'s tag, `id` aside.
+    pub fn siblings(&self, region: &str, owner_uid: &str, id: &str) -> Vec<ObservedInstance> {
+        let state = self.state();
+        let Some(snapshot) = state.snapshots.get(region) else {
+            return Vec::new();
+        };
+        let ids = snapshot.live_by_owner.get(owner_uid).into_iter().flatten();
+        ids.filter(|other| *other != id)
+            .filter_map(|other| snapshot.instances.get(other).cloned())
+            .collect()
+    }
+
     /// Poll every `poll_interval`, and after each poll that saw any region ask for every object
     /// to be reconciled against it (from memory). Runs until the receiver is gone.
     pub async fn run(&self, polled: mpsc::Sender<()>) {
@@ -171,10 +185,20 @@ impl Inventory {
             .describe_by_tags(&[(TAG_CLUSTER_ID, &self.cluster_id)])
             .await?;
         let count = found.len();
+        let mut live_by_owner: HashMap<String, Vec<String>> = HashMap::new();
+        for instance in found.iter().filter(|i| !i.state.is_dead()) {
+            if let Some(owner) = instance.tags.get(TAG_OWNER_UID) {
+                live_by_owner
+                    .entry(owner.clone())
+                    .or_default()
+                    .push(instance.id.clone());
+            }
+        }
         let instances = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let snapshot = Snapshot {
             started_at: polled_at,
             instances,
+            live_by_owner,
         };
         self.state().snapshots.insert(region.to_owned(), snapshot);
         Ok(count)

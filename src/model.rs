@@ -228,6 +228,9 @@ impl ObservedInstance {
     /// The instance as it is once `step` succeeded, before EC2 is asked again. (A launch yields
     /// a new instance, which EC2 returns; it does not change this one.)
     pub fn after(mut self, step: &Step) -> ObservedInstance {
+        if step.instance_id() != Some(self.id.as_str()) {
+            return self;
+        }
         match step {
             Step::Start(_) => self.state = InstanceState::Pending,
             Step::Stop(_) => self.state = InstanceState::Stopping,
@@ -324,5 +327,7 @@ mod tests {
         });
         assert!(!released.tags.contains_key(TAG_OWNER_UID));
         assert_eq!(running.clone().after(&Step::Wait), running);
+        let other = Step::Terminate("i-0ffffffffffffffff".into());
+        assert_eq!(running.clone().after(&other), running, "a step on another instance");
     }
 }

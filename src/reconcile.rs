@@ -13,7 +13,7 @@ use kube::{Client, Resource};
 use tracing::{info, instrument, warn};
 
 use crate::backoff::Backoff;
-use crate::crd::{DeletionPolicy, Ec2Instance};
+use crate::crd::{DeletionPolicy, Ec2Instance, Ec2InstanceStatus};
 use crate::decide::{self, Desired, Readiness, Recorded};
 use crate::ec2::{Ec2, Ec2Regions};
 use crate::error::{AwsFault, Error, Result};
@@ -202,23 +202,73 @@ impl<'a> Reconciler<'a> {
 
     async fn apply(&self) -> Result<Action> {
         let steady = decide::is_steady(&self.obj);
-        let observed = match self.status_id() {
-            Some(id) if steady => match self.ctx.inventory.lookup(&self.region, id) {
-                Sighting::Seen(instance) if decide::belongs_to(&instance, &self.owner) => Some(*instance),
-                Sighting::Seen(_) => self.find().await?,
-                Sighting::WaitForPoll => return Ok(Action::requeue(self.ctx.timing.poll_interval)),
-                Sighting::AskEc2 => self.find().await?,
-            },
-            _ => self.find().await?,
+        let Some((observed, extras)) = self.observe(steady).await? else {
+            return Ok(Action::requeue(self.ctx.timing.poll_interval));
         };
-        if let Some((id, reason)) = decide::launch_failure(observed.as_ref(), &self.recorded) {
-            return Err(Error::InstanceDied { id, reason });
-        }
         let desired = Desired {
             spec: &self.obj.spec,
             owner: &self.owner,
         };
-        if let Some(instance_type) = decide::type_to_confirm(&desired, observed.as_ref())
+        self.preflight(&desired, observed.as_ref()).await?;
+        let mut steps = decide::duplicates_to_terminate(&extras, &self.recorded, self.ctx.timing.poll_interval);
+        steps.extend(decide::plan(&desired, observed.as_ref(), &self.recorded));
+        if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
+            self.publish(reason, note).await;
+        }
+        let current = self.execute(&steps, observed).await?;
+        let readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
+        let settled = readiness.ready && steps.is_empty();
+        let ready = readiness.ready;
+        let applied = decide::applied_tag_keys(&self.obj.spec);
+        let mut status = self.next_status(current.as_ref(), applied, readiness);
+        status.replacements = decide::replacements(&self.recorded, &steps, ready);
+        (status.duplicates, status.duplicates_since) =
+            decide::duplicates_seen(&extras, &steps, &self.recorded, jiff::Timestamp::now());
+        status::write(&self.api, &self.obj, status).await?;
+        Ok(Action::requeue(match self.recorded.replacement_wait() {
+            // The inventory poll triggers every object; this is only a safety net.
+            _ if settled => self.ctx.timing.poll_interval * 5,
+            Some(wait) if steps == [Step::Wait] => wait.max(self.ctx.timing.transition_interval),
+            _ => self.ctx.timing.transition_interval,
+        }))
+    }
+
+    /// The instance to manage and any other live instances of this owner, from the inventory
+    /// for an object that matched its spec, else from EC2. `None`: wait for the next poll.
+    async fn observe(&self, steady: bool) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
+        let found = match self.status_id() {
+            Some(id) if steady => match self.ctx.inventory.lookup(&self.region, id) {
+                Sighting::Seen(instance) if decide::belongs_to(&instance, &self.owner) => {
+                    let siblings = self.ctx.inventory.siblings(&self.region, &self.owner.uid, id);
+                    (Some(*instance), siblings)
+                }
+                Sighting::Seen(_) | Sighting::AskEc2 => self.find().await?,
+                Sighting::WaitForPoll => return Ok(None),
+            },
+            _ => self.find().await?,
+        };
+        let new: Vec<&str> = found
+            .1
+            .iter()
+            .map(|i| i.id.as_str())
+            .filter(|id| !self.recorded.duplicates.iter().any(|d| d == id))
+            .collect();
+        if !new.is_empty() {
+            let managed = found.0.as_ref().map(|i| &i.id);
+            let note = format!(
+                "more live instances carry this object's owner tag: {new:?}; managing {managed:?}, terminating the others if still there at the next poll"
+            );
+            self.publish(Reason::DuplicateInstances, note).await;
+        }
+        Ok(Some(found))
+    }
+
+    /// Refusals before any change: an instance that died at launch, a type EC2 does not offer.
+    async fn preflight(&self, desired: &Desired<'_>, observed: Option<&ObservedInstance>) -> Result<()> {
+        if let Some((id, reason)) = decide::launch_failure(observed, &self.recorded) {
+            return Err(Error::InstanceDied { id, reason });
+        }
+        if let Some(instance_type) = decide::type_to_confirm(desired, observed)
             && !self.ec2.instance_type_exists(instance_type).await?
         {
             return Err(Error::Aws(AwsFault {
@@ -231,23 +281,7 @@ impl<'a> Reconciler<'a> {
                 retryable: false,
             }));
         }
-        let steps = decide::plan(&desired, observed.as_ref(), &self.recorded);
-        if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
-            self.publish(reason, note).await;
-        }
-        let current = self.execute(&steps, observed).await?;
-        let readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
-        let settled = readiness.ready && steps.is_empty();
-        let replacements = decide::replacements(&self.recorded, &steps, readiness.ready);
-        let applied = decide::applied_tag_keys(&self.obj.spec);
-        self.write_status(current.as_ref(), applied, readiness, replacements)
-            .await?;
-        Ok(Action::requeue(match self.recorded.replacement_wait() {
-            // The inventory poll triggers every object; this is only a safety net.
-            _ if settled => self.ctx.timing.poll_interval * 5,
-            Some(wait) if steps == [Step::Wait] => wait.max(self.ctx.timing.transition_interval),
-            _ => self.ctx.timing.transition_interval,
-        }))
+        Ok(())
     }
 
     async fn cleanup(&self) -> Result<Action> {
@@ -270,9 +304,8 @@ impl<'a> Reconciler<'a> {
         let ids: Vec<&str> = cleanup.steps.iter().filter_map(Step::instance_id).collect();
         let what = format!("terminating {ids:?}");
         let readiness = Readiness::not_ready("Deleting", what.clone());
-        let applied = self.recorded.applied_tag_keys.clone();
-        self.write_status(owned.first(), applied, readiness, self.recorded.replacements)
-            .await?;
+        let status = self.next_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness);
+        status::write(&self.api, &self.obj, status).await?;
         Err(Error::Waiting(what))
     }
 
@@ -291,16 +324,10 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Find the instance by status id, else by owner tag (a crash after RunInstances leaves an
-    /// instance that status does not name yet; its tags were set atomically at launch).
-    async fn find(&self) -> Result<Option<ObservedInstance>> {
-        let (chosen, extras) = decide::choose(self.describe_known(false).await?, self.status_id());
-        if !extras.is_empty() {
-            let ids: Vec<&str> = extras.iter().map(|i| i.id.as_str()).collect();
-            let managed = chosen.as_ref().map(|i| &i.id);
-            let note = format!("more live instances carry this object's owner tag: {ids:?}; managing {managed:?} only");
-            self.publish(Reason::DuplicateInstances, note).await;
-        }
-        Ok(chosen)
+    /// instance that status does not name yet; its tags were set atomically at launch), and the
+    /// other live instances found with it.
+    async fn find(&self) -> Result<(Option<ObservedInstance>, Vec<ObservedInstance>)> {
+        Ok(decide::choose(self.describe_known(false).await?, self.status_id()))
     }
 
     /// The status's instance if it is ours, plus every instance carrying this object's owner tag: always
@@ -321,18 +348,17 @@ impl<'a> Reconciler<'a> {
         Ok(found)
     }
 
-    async fn write_status(
+    /// The status to write: observed facts and readiness, plus where the instance lives.
+    fn next_status(
         &self,
         observed: Option<&ObservedInstance>,
         applied_tag_keys: Vec<String>,
         readiness: Readiness,
-        replacements: u32,
-    ) -> Result<()> {
+    ) -> Ec2InstanceStatus {
         let mut status = status::next_status(&self.obj, observed, applied_tag_keys, readiness, jiff::Timestamp::now());
         status.region = Some(self.region.clone());
         status.cluster_id = Some(self.owner.cluster_id.clone());
-        status.replacements = replacements;
-        status::write(&self.api, &self.obj, status).await.map(drop)
+        status
     }
 
     async fn publish(&self, reason: Reason, note: String) {

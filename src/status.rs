@@ -60,6 +60,8 @@ pub fn next_status(
         None => previous.clone(),
     };
     status.replacements = previous.replacements;
+    status.duplicates = previous.duplicates.clone();
+    status.duplicates_since = previous.duplicates_since.clone();
     status.region = previous.region.clone();
     status.cluster_id = previous.cluster_id.clone();
     status.observed_generation = obj.metadata.generation;

@@ -417,6 +417,51 @@ async fn sigterm_ends_the_operator_cleanly() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn a_duplicate_instance_is_terminated_once_confirmed_and_the_original_kept() {
+    use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification};
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("dupe").await;
+    let _operator = Operator::start(&ns);
+    let obj = bed.create(&ns, "single", json!({})).await;
+    let original = bed.ready(&ns, "single").await.status.unwrap().instance_id.unwrap();
+
+    // A second instance with this object's owner tags, as a lenient EC2 or a restored backup
+    // could leave behind.
+    let tag = |k: &str, v: &str| Tag::builder().key(k).value(v).build();
+    let tags = TagSpecification::builder()
+        .resource_type(ResourceType::Instance)
+        .tags(tag("k106.com/owner-uid", &obj.uid().unwrap()))
+        .tags(tag("k106.com/cluster-id", &format!("e2e-{ns}")))
+        .tags(tag("k106.com/namespace", &ns))
+        .tags(tag("k106.com/name", "single"))
+        .build();
+    let run = bed
+        .ec2
+        .run_instances()
+        .image_id(&bed.seed.image_id)
+        .instance_type("t3.micro".into())
+        .min_count(1)
+        .max_count(1)
+        .tag_specifications(tags)
+        .send()
+        .await
+        .unwrap();
+    let duplicate = run.instances()[0].instance_id().unwrap().to_owned();
+
+    eventually("the duplicate terminated", MINUTE, || async {
+        let state = state_of(&bed.instance(&duplicate).await);
+        (state == "terminated" || state == "shutting-down").then_some(())
+    })
+    .await;
+    let obj = bed.ready(&ns, "single").await;
+    assert_eq!(obj.status.unwrap().instance_id.as_deref(), Some(original.as_str()));
+    assert_eq!(state_of(&bed.instance(&original).await), "running");
+    let described = bed.kubectl(&["describe", "ec2i", "single", "-n", &ns]);
+    assert!(described.contains("DuplicateInstances"), "{described}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn retain_leaves_the_instance_running_without_operator_tags() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("retain").await;
