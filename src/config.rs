@@ -46,6 +46,24 @@ pub struct Settings {
     #[arg(long, env = "ADMIN_ADDR", default_value = "127.0.0.1:8080")]
     pub admin_addr: SocketAddr,
 
+    /// Run as one of several replicas: only the holder of a Lease reconciles and polls; the
+    /// others stand by and take over when it is gone.
+    #[arg(long, env = "LEADER_ELECT")]
+    pub leader_elect: bool,
+
+    /// Namespace of the leader Lease (in a pod: its own namespace).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
+
+    /// Name of the leader Lease.
+    #[arg(long, env = "LEASE_NAME", default_value = "ec2-operator")]
+    pub lease_name: String,
+
+    /// Seconds a leader holds the Lease without renewing it: the longest a dead leader's
+    /// objects wait for another replica.
+    #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
+    pub lease_duration_seconds: u64,
+
     /// Log format; the level comes from `RUST_LOG`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -18,6 +18,7 @@ use crate::crd::Ec2Instance;
 use crate::ec2::Ec2Regions;
 use crate::metrics::Metrics;
 use crate::reconcile::{Context, error_policy, reconcile};
+use kube_lease_manager::LeaseManagerBuilder;
 
 pub async fn run(settings: Settings) -> anyhow::Result<()> {
     let client = Client::try_default().await?;
@@ -33,10 +34,35 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
         cluster_id,
     ));
 
+    let lease = elect(&settings, &client).await?;
     let (controller, synced) = controller(&settings, client);
+    // A replica standing by counts as ready: a rollout must not wait for it to lead.
+    let leading = Arc::new(AtomicBool::new(lease.is_none()));
     let probe_ctx = ctx.clone();
-    let ready = Arc::new(move || synced.load(Ordering::Relaxed) && probe_ctx.inventory.is_ready());
+    let probe_leading = leading.clone();
+    let ready = Arc::new(move || {
+        !probe_leading.load(Ordering::Relaxed) || (synced.load(Ordering::Relaxed) && probe_ctx.inventory.is_ready())
+    });
 
+    tokio::select! {
+        outcome = work(lease, leading, controller, ctx) => outcome,
+        served = crate::admin::serve(settings.admin_addr, metrics, ready) => served,
+    }
+}
+
+/// Wait for the lease if there is one, then reconcile and poll until stopped or the lease is lost.
+async fn work(
+    mut lease: Option<Lease>,
+    leading: Arc<AtomicBool>,
+    controller: Controller<Ec2Instance>,
+    ctx: Arc<Context>,
+) -> anyhow::Result<()> {
+    if let Some((standing, _)) = &mut lease {
+        info!("standing by until this replica holds the leader lease");
+        standing.wait_for(|leader| *leader).await?;
+        info!("leading");
+        leading.store(true, Ordering::Relaxed);
+    }
     // After each inventory poll every object is reconciled against it (from memory).
     let (polled, polls) = tokio::sync::mpsc::channel::<()>(1);
     let reconciles = controller
@@ -48,14 +74,51 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
                 tracing::debug!(error = %err, "reconcile round ended with an error");
             }
         });
-
-    tokio::select! {
-        _ = reconciles => info!("controller stopped"),
-        _ = ctx.inventory.run(polled) => {},
-        served = crate::admin::serve(settings.admin_addr, metrics, ready) => served?,
+    let lost = async {
+        match &mut lease {
+            Some((leader, _)) => leader.wait_for(|leader| !*leader).await.map(drop),
+            None => std::future::pending().await,
+        }
+    };
+    let outcome = tokio::select! {
+        _ = reconciles => {
+            info!("controller stopped");
+            Ok(())
+        }
+        _ = ctx.inventory.run(polled) => Ok(()),
+        // Crash-only: a replica that lost the lease exits and comes back standing by.
+        _ = lost => Err(anyhow::anyhow!("lost the leader lease")),
+    };
+    if let Some((leader, manager)) = lease {
+        // Closing the channel releases the lease: the next replica need not wait it out.
+        drop(leader);
+        let _ = tokio::time::timeout(std::time::Duration::from_secs(3), manager).await;
     }
-    Ok(())
+    outcome
 }
+
+/// With `--leader-elect`: a Lease manager and the channel that says whether this replica leads.
+async fn elect(settings: &Settings, client: &Client) -> anyhow::Result<Option<Lease>> {
+    if !settings.leader_elect {
+        return Ok(None);
+    }
+    let host = std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| "ec2-operator".into());
+    let manager = LeaseManagerBuilder::new(client.clone(), &settings.lease_name)
+        .with_namespace(&settings.lease_namespace)
+        .with_identity(format!("{host}-{}", std::process::id()))
+        .with_duration(settings.lease_duration_seconds)
+        .with_grace((settings.lease_duration_seconds / 3).max(1))
+        .build()
+        .await?;
+    Ok(Some(manager.watch().await))
+}
+
+type Lease = (
+    tokio::sync::watch::Receiver<bool>,
+    tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
+);
 
 /// The controller over the watched objects, and a flag raised once their first list is in.
 fn controller(settings: &Settings, client: Client) -> (Controller<Ec2Instance>, Arc<AtomicBool>) {

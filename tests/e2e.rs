@@ -462,6 +462,58 @@ async fn a_duplicate_instance_is_terminated_once_confirmed_and_the_original_kept
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("leader").await;
+    let lease = [
+        "--leader-elect",
+        "--lease-namespace",
+        ns.as_str(),
+        "--lease-duration-seconds",
+        "5",
+    ];
+    let leads = |operator: &Operator| operator.log_text().contains("ec2_operator::operator: leading");
+    let mut first = Operator::start_with(&ns, &lease);
+    eventually("the first replica leads", MINUTE, || async {
+        leads(&first).then_some(())
+    })
+    .await;
+    let second = Operator::start_with(&ns, &lease);
+    eventually("the second stands by", MINUTE, || async {
+        second.log_text().contains("standing by").then_some(())
+    })
+    .await;
+
+    let mut uids = Vec::new();
+    for i in 0..3 {
+        uids.push(bed.create(&ns, &format!("led-{i}"), json!({})).await.uid().unwrap());
+        bed.ready(&ns, &format!("led-{i}")).await;
+    }
+    let reconciles = "ec2_operator_reconciles_total";
+    assert!(first.metric(reconciles).await > 0.0);
+    assert_eq!(second.metric(reconciles).await, 0.0, "only the leader reconciles");
+    assert_eq!(second.probe("/readyz").await, 200, "a standby counts as ready");
+
+    first.kill();
+    let killed = std::time::Instant::now();
+    for i in 3..5 {
+        uids.push(bed.create(&ns, &format!("led-{i}"), json!({})).await.uid().unwrap());
+    }
+    eventually("the standby takes over", MINUTE, || async {
+        leads(&second).then_some(())
+    })
+    .await;
+    let took_over = killed.elapsed();
+    for (i, uid) in uids.iter().enumerate() {
+        bed.ready(&ns, &format!("led-{i}")).await;
+        assert_eq!(bed.all_instances_of(uid).await.len(), 1, "led-{i}: one instance");
+    }
+    println!("standby took over {took_over:?} after the leader was killed (lease 5 s)");
+    assert!(took_over < Duration::from_secs(15), "{took_over:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn retain_leaves_the_instance_running_without_operator_tags() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("retain").await;
