@@ -11,12 +11,20 @@ where LocalStack is lenient. Standard library only.
 - State rules: ModifyInstanceAttribute of the instance type or user data on an instance that is
   not stopped, and StartInstances on a stopping instance, answer IncorrectInstanceState.
 
+- Faults, for chaos tests (all off by default): --fault-rate answers that share of requests
+  with 503 Unavailable or 500 InternalError without forwarding them; --drop-rate forwards that
+  share and then closes the connection without an answer (the call happened, the caller never
+  learns the result); --throttle-rps answers RequestLimitExceeded once an action's token bucket
+  is empty; --latency-ms delays every request; --drop-first-launch carries out the first
+  RunInstances of every ClientToken and drops its answer, so every launch meets that case.
+
 Usage: strict_ec2.py --port 4567 --upstream http://127.0.0.1:4566 [--visibility-seconds 2]
 GET /_strict/stats answers the count of requests by action and of each strict answer given.
 """
 
 import argparse
 import hashlib
+import random
 import http.client
 import http.server
 import json
@@ -40,11 +48,14 @@ TAGGING = {"CreateTags", "DeleteTags"}
 
 class World:
     """What the proxy remembers: when each instance becomes visible, when it was seen terminated,
-    and every ClientToken's parameters and answer."""
+    every ClientToken's parameters and answer, and each action's throttling bucket."""
 
-    def __init__(self, visibility, terminated):
+    def __init__(self, visibility, terminated, faults):
         self.visibility = visibility
         self.terminated = terminated
+        self.faults = faults
+        self.buckets = {}
+        self.dropped_tokens = set()
         self.lock = threading.Lock()
         self.visible_at = {}
         self.terminated_at = {}
@@ -54,6 +65,21 @@ class World:
     def count(self, key):
         with self.lock:
             self.stats[key] = self.stats.get(key, 0) + 1
+
+    def throttled(self, action):
+        """A token bucket per action, refilled at --throttle-rps, holding a second's worth."""
+        rate = self.faults.throttle_rps
+        if not rate:
+            return False
+        now = time.monotonic()
+        with self.lock:
+            tokens, at = self.buckets.get(action, (rate, now))
+            tokens = min(rate, tokens + (now - at) * rate)
+            if tokens < 1:
+                self.buckets[action] = (tokens, now)
+                return True
+            self.buckets[action] = (tokens - 1, now)
+            return False
 
     def launched(self, ids):
         with self.lock:
@@ -128,12 +154,33 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         params = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
         action = params.get("Action", "")
         self.world.count(action)
+        faults = self.world.faults
+        if faults.latency_ms:
+            time.sleep(faults.latency_ms / 1000)
+        if self.world.throttled(action):
+            self.world.count("fault:RequestLimitExceeded")
+            return self.reply(*error("RequestLimitExceeded", "Request limit exceeded."))
+        if random.random() < faults.fault_rate:
+            self.world.count("fault:5xx")
+            if random.random() < 0.5:
+                return self.reply(*error("Unavailable", "The service is unavailable.", 503))
+            return self.reply(*error("InternalError", "An internal error has occurred.", 500))
+        drop = random.random() < faults.drop_rate
+        token = params.get("ClientToken")
+        if action == "RunInstances" and token and faults.drop_first_launch:
+            with self.world.lock:
+                drop = drop or token not in self.world.dropped_tokens
+                self.world.dropped_tokens.add(token)
         handler = getattr(self, "strict_" + action, None)
         if handler is None:
             handler = self.strict_mutation if action in MUTATING_BY_INSTANCE_ID | TAGGING else None
         answer = handler(params, body, action) if handler else None
         if answer is None:
             answer = self.forward(body)
+        if drop:
+            self.world.count("fault:dropped-response")
+            self.close_connection = True
+            return
         self.reply(*answer)
 
     # --- the strict rules -------------------------------------------------------------------
@@ -264,8 +311,13 @@ def main():
     parser.add_argument("--upstream", required=True)
     parser.add_argument("--visibility-seconds", type=float, default=2.0)
     parser.add_argument("--terminated-seconds", type=float, default=60.0)
+    parser.add_argument("--fault-rate", type=float, default=0.0)
+    parser.add_argument("--drop-rate", type=float, default=0.0)
+    parser.add_argument("--throttle-rps", type=float, default=0.0)
+    parser.add_argument("--latency-ms", type=float, default=0.0)
+    parser.add_argument("--drop-first-launch", action="store_true")
     args = parser.parse_args()
-    Proxy.world = World(args.visibility_seconds, args.terminated_seconds)
+    Proxy.world = World(args.visibility_seconds, args.terminated_seconds, args)
     Proxy.upstream = urllib.parse.urlparse(args.upstream)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Proxy)
     server.daemon_threads = True

@@ -10,7 +10,7 @@ use base64::Engine as _;
 use kube::ResourceExt;
 use kube::api::{Patch, PatchParams};
 use serde_json::json;
-use support::{Bed, Operator, eventually, state_of, tags_of};
+use support::{Bed, FaultyEc2, Operator, eventually, state_of, tags_of};
 
 const MINUTE: Duration = Duration::from_secs(60);
 
@@ -510,6 +510,73 @@ async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
     }
     println!("standby took over {took_over:?} after the leader was killed (lease 5 s)");
     assert!(took_over < Duration::from_secs(15), "{took_over:?}");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn faults_and_dropped_responses_cost_retries_not_duplicates_or_leaks() {
+    // 15% of requests fail (5xx), 10% are carried out but their answer is dropped, 20 ms latency,
+    // on top of the eventual consistency; and every object's first RunInstances is carried out
+    // with its answer dropped: the classic way to a duplicate instance.
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("faults").await;
+    let faulty = FaultyEc2::start(&[
+        "--fault-rate",
+        "0.15",
+        "--drop-rate",
+        "0.1",
+        "--latency-ms",
+        "20",
+        "--drop-first-launch",
+    ]);
+    let _operator = Operator::start_with_env(&ns, &[], &[("AWS_ENDPOINT_URL", faulty.endpoint.as_str())]);
+    let mut uids = Vec::new();
+    for i in 0..8 {
+        uids.push(bed.create(&ns, &format!("rough-{i}"), json!({})).await.uid().unwrap());
+    }
+    for (i, uid) in uids.iter().enumerate() {
+        eventually(&format!("rough-{i} Ready"), Duration::from_secs(180), || async {
+            let obj = bed.api(&ns).get(&format!("rough-{i}")).await.ok()?;
+            let ready = obj.status?.condition("Ready")?.status == "True";
+            ready.then_some(())
+        })
+        .await;
+        assert_eq!(bed.all_instances_of(uid).await.len(), 1, "rough-{i}: one instance ever");
+    }
+    for i in 0..4 {
+        bed.api(&ns)
+            .delete(&format!("rough-{i}"), &Default::default())
+            .await
+            .unwrap();
+    }
+    for (i, uid) in uids.iter().enumerate().take(4) {
+        eventually(&format!("rough-{i} gone"), Duration::from_secs(180), || async {
+            bed.api(&ns)
+                .get_opt(&format!("rough-{i}"))
+                .await
+                .unwrap()
+                .is_none()
+                .then_some(())
+        })
+        .await;
+        let ever = bed.all_instances_of(uid).await;
+        assert_eq!(
+            (ever.len(), state_of(&ever[0]).as_str()),
+            (1, "terminated"),
+            "rough-{i}"
+        );
+    }
+    let stats = faulty.stats().await;
+    println!("under faults: {stats}");
+    let count = |key: &str| stats[key].as_u64().unwrap_or(0);
+    assert!(
+        count("fault:dropped-response") >= 8,
+        "every first launch lost its answer: {stats}"
+    );
+    assert!(
+        count("strict:idempotent-replay") >= 1,
+        "retried launches got the original: {stats}"
+    );
 }
 
 #[tokio::test]

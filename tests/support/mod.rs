@@ -357,6 +357,53 @@ impl Drop for Operator {
     }
 }
 
+/// A private strict EC2 in front of LocalStack with faults of its own, for one test; killed on drop.
+pub struct FaultyEc2 {
+    child: Child,
+    pub endpoint: String,
+}
+
+impl FaultyEc2 {
+    /// `faults`: strict_ec2.py flags, e.g. `["--fault-rate", "0.2", "--drop-rate", "0.1"]`.
+    pub fn start(faults: &[&str]) -> FaultyEc2 {
+        let port = free_port();
+        let dir = PathBuf::from(ROOT).join(".cache/e2e-logs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let log = std::fs::File::create(dir.join(format!("faulty-ec2-{port}.log"))).unwrap();
+        let child = Command::new("python3")
+            .arg(format!("{ROOT}/localstack/strict_ec2.py"))
+            .args(["--port", &port.to_string(), "--upstream", &var("AWS_ENDPOINT_URL")])
+            .args(faults)
+            .stdout(Stdio::from(log))
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("strict_ec2.py starts");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "strict_ec2.py did not listen on {port}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        FaultyEc2 {
+            child,
+            endpoint: format!("http://127.0.0.1:{port}"),
+        }
+    }
+
+    /// What it counted: requests by action, and `fault:*` / `strict:*` answers.
+    pub async fn stats(&self) -> serde_json::Value {
+        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
+        let answer = http_get(port, "/_strict/stats").await;
+        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default()
+    }
+}
+
+impl Drop for FaultyEc2 {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
