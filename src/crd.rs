@@ -251,6 +251,8 @@ pub struct Ec2InstanceStatus {
     /// Replacements in a row without the instance ever becoming Ready (one that dies on its own
     /// right after each launch). The next one waits 30 s, doubling up to an hour; Ready resets it.
     #[serde(default, skip_serializing_if = "is_zero")]
+    // The API server knows int32 and int64 only; "uint32" makes kubectl warn.
+    #[schemars(extend("format" = "int32"))]
     pub replacements: u32,
     /// Other live instances carrying this object's owner tag, as last seen, and since when
     /// (RFC 3339). Still there a poll interval later, they are terminated.
@@ -306,6 +308,14 @@ mod tests {
             committed == crd_yaml(),
             "crds/ec2instance.yaml is stale: run `make crds`"
         );
+    }
+
+    #[test]
+    fn the_crd_uses_only_formats_the_api_server_knows() {
+        let known = ["int32", "int64", "date-time", "byte", "double", "float"];
+        for line in crd_yaml().lines().filter_map(|l| l.trim().strip_prefix("format: ")) {
+            assert!(known.contains(&line), "format {line} makes kubectl warn");
+        }
     }
 
     #[test]
