@@ -17,7 +17,7 @@ wait "$build"
 eval "$(hack/bed.sh env)"
 
 echo "==> installing the CRD"
-kubectl apply -f crds/
+kubectl apply -f crds/ec2instance.yaml
 kubectl wait --for=condition=Established crd/ec2instances.k106.com --timeout=60s
 
 if pid="$(pid_from_file "$BED/operator.pid" ec2-operator)"; then

@@ -17,6 +17,20 @@ fn argocd_patch_embeds_the_health_script_verbatim() {
 }
 
 #[test]
+fn kustomize_renders_the_install() {
+    // kustomize refuses a file outside its root; crds/ is a kustomization of its own.
+    let out = std::process::Command::new("kubectl")
+        .args(["kustomize", &format!("{ROOT}/deploy")])
+        .output()
+        .expect("kubectl runs");
+    let rendered = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    for kind in ["CustomResourceDefinition", "Deployment", "ClusterRole", "Role"] {
+        assert!(rendered.contains(&format!("kind: {kind}\n")), "{kind} missing");
+    }
+}
+
+#[test]
 fn kustomization_lists_files_that_exist() {
     let kustomization: serde_json::Value = serde_saphyr::from_str(&read("deploy/kustomization.yaml")).unwrap();
     for resource in kustomization["resources"].as_array().unwrap() {
