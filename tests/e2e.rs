@@ -611,8 +611,8 @@ async fn a_killed_operator_leaves_no_duplicate_even_with_status_lost() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("kill9").await;
     // Both operators share one strict EC2, as they share one AWS account: it remembers tokens.
-    // 400 ms per request widens the window between RunInstances and the status write.
-    let ec2 = FaultyEc2::start(&["--latency-ms", "400"]);
+    // 800 ms per request widens the window between RunInstances and the status write.
+    let ec2 = FaultyEc2::start(&["--latency-ms", "800"]);
     let through = [("AWS_ENDPOINT_URL", ec2.endpoint.as_str())];
     let names: Vec<String> = (0..5).map(|i| format!("vm-{i}")).collect();
     let mut first = Operator::start_with_env(&ns, &[], &through);
