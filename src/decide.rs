@@ -71,9 +71,6 @@ pub const VISIBILITY_GRACE: Duration = Duration::from_secs(600);
 pub struct Recorded {
     /// The instance the status names.
     pub instance_id: Option<String>,
-    /// That instance was launched (or started) within [`VISIBILITY_GRACE`]: EC2 not showing it
-    /// is no proof that it is gone.
-    pub fresh: bool,
     /// The spec tag keys applied before, so keys dropped from the spec get removed.
     pub applied_tag_keys: Vec<String>,
     /// The user data hash last seen on the instance's tag.
@@ -101,7 +98,6 @@ impl Recorded {
         let since_launch = launched.map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default());
         Self {
             instance_id: status.instance_id.clone(),
-            fresh: since_launch.is_some_and(|d| d < VISIBILITY_GRACE),
             applied_tag_keys: status.applied_tag_keys.clone(),
             user_data_sha256: status.user_data_sha256.clone(),
             replacements: status.replacements,
@@ -114,6 +110,12 @@ impl Recorded {
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default()),
         }
+    }
+
+    /// The recorded instance was launched (or started) within [`VISIBILITY_GRACE`]: EC2 not
+    /// showing it is no proof that it is gone.
+    pub fn fresh(&self) -> bool {
+        self.since_launch.is_some_and(|d| d < VISIBILITY_GRACE)
     }
 
     /// How long the next replacement must still wait, if it must.
@@ -198,7 +200,7 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
         // Gone or terminated out of band: replace it, as a ReplicaSet replaces a deleted pod.
         Some(dead) => return vec![desired.launch(Some(dead.id.clone()))],
         // Launched moments ago and not visible yet: wait for EC2 rather than launch again.
-        None if recorded.fresh && recorded.instance_id.is_some() => return vec![Step::Wait],
+        None if recorded.fresh() && recorded.instance_id.is_some() => return vec![Step::Wait],
         None => return vec![desired.launch(recorded.instance_id.clone())],
     };
     let id = instance.id.clone();
@@ -408,7 +410,7 @@ pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance], recorded
     let unseen = recorded
         .instance_id
         .as_ref()
-        .filter(|id| recorded.fresh && !owned.iter().any(|i| &i.id == *id));
+        .filter(|id| recorded.fresh() && !owned.iter().any(|i| &i.id == *id));
     match policy {
         DeletionPolicy::Delete => {
             let mut steps: Vec<Step> = live.map(|i| Step::Terminate(i.id.clone())).collect();
@@ -569,11 +571,12 @@ mod tests {
         plan(&Desired { spec, owner: &owner }, observed, &recorded)
     }
 
-    /// Status names instance `ID`, launched long ago (`fresh: false`) or moments ago.
+    /// Status names instance `ID`, launched moments ago (`fresh`) or an hour ago.
     fn recorded(fresh: bool) -> Recorded {
+        let ago = if fresh { 5 } else { 3600 };
         Recorded {
             instance_id: Some(ID.into()),
-            fresh,
+            since_launch: Some(Duration::from_secs(ago)),
             ..Default::default()
         }
     }
@@ -636,8 +639,8 @@ mod tests {
         let running = instance_for(&spec(), InstanceState::Running).launched("2026-01-01T00:00:00Z");
         let obj = Ec2Instance::test().ready_on(&running);
         let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap();
-        assert!(Recorded::of(&obj, at("2026-01-01T00:01:00Z")).fresh);
-        assert!(!Recorded::of(&obj, at("2026-01-01T00:11:00Z")).fresh);
+        assert!(Recorded::of(&obj, at("2026-01-01T00:01:00Z")).fresh());
+        assert!(!Recorded::of(&obj, at("2026-01-01T00:11:00Z")).fresh());
         assert_eq!(
             Recorded::of(&Ec2Instance::test(), at("2026-01-01T00:01:00Z")),
             Recorded::default()
