@@ -25,9 +25,10 @@ test: ## All tests: unit, mocks, CRD staleness, end-to-end on the test bed
 unit: ## Fast tests only (no test bed)
 	cargo test --all-targets --locked
 
-lint: ## rustfmt and clippy, warnings are errors
+lint: ## rustfmt and clippy (warnings are errors), parliament on the IAM policy
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
+	@hack/iam-lint.sh
 
 fmt: ## Format the code
 	cargo fmt --all
