@@ -63,6 +63,13 @@ start_strict() {
   setsid nohup python3 "$HERE/strict_ec2.py" --port "$STRICT_PORT" --upstream "$ENDPOINT" \
     --visibility-seconds "${STRICT_EC2_VISIBILITY_SECONDS:-2}" \
     --terminated-seconds "${STRICT_EC2_TERMINATED_SECONDS:-60}" \
+    --chosen-error ami-0000000000badbad1=InvalidAMIID.NotFound \
+    --chosen-error ami-0000000000badbad2=UnauthorizedOperation \
+    --chosen-error x9.nonsense=InvalidParameterValue \
+    --chosen-error a1.medium=InvalidParameterValue \
+    --chosen-error p5.48xlarge=InsufficientInstanceCapacity \
+    --chosen-error u-24tb1.metal=InstanceLimitExceeded \
+    --dies-at-launch ami-0000000000badbad3 \
     </dev/null >"$STATE/strict-ec2.log" 2>&1 9>&- &
   echo $! >"$STRICT_PIDFILE"
   for _ in $(seq 50); do port_in_use "$STRICT_PORT" && return 0; sleep 0.1; done

@@ -18,21 +18,44 @@ where LocalStack is lenient. Standard library only.
   is empty; --latency-ms delays every request; --drop-first-launch carries out the first
   RunInstances of every ClientToken and drops its answer, so every launch meets that case.
 
+- Chosen errors, so a test can pick how EC2 fails by the AMI or instance type it asks for:
+  --chosen-error KEY=CODE (repeatable) answers RunInstances whose ImageId or InstanceType is KEY
+  with CODE, as AWS words it, without forwarding. CODE is one of InvalidAMIID.NotFound,
+  InsufficientInstanceCapacity, InstanceLimitExceeded, UnauthorizedOperation,
+  InvalidParameterValue. ModifyInstanceAttribute to an InstanceType mapped to
+  InvalidParameterValue answers that error too (a type the AMI cannot run), and StartInstances of
+  an instance whose type is mapped to InsufficientInstanceCapacity answers it (AWS accepts the
+  modify to a type it has no capacity for; the start fails).
+  --dies-at-launch KEY (repeatable, an AMI id or an instance type) lets RunInstances through,
+  shows the new instance as pending, terminates it upstream --visibility-seconds + 1 s after the
+  launch, and shows stateReason Client.InternalError ("Client error on launch") in every describe,
+  as AWS does when e.g. the root volume's KMS key cannot be used.
+  localstack.sh starts the bed's proxy with this table (ids and types pass the CRD's patterns):
+      ami-0000000000badbad1  InvalidAMIID.NotFound         x9.nonsense    InvalidParameterValue
+      ami-0000000000badbad2  UnauthorizedOperation         a1.medium      InvalidParameterValue
+      ami-0000000000badbad3  dies at launch                p5.48xlarge    InsufficientInstanceCapacity
+                                                           u-24tb1.metal  InstanceLimitExceeded
+
 Usage: strict_ec2.py --port 4567 --upstream http://127.0.0.1:4566 [--visibility-seconds 2]
-GET /_strict/stats answers the count of requests by action and of each strict answer given.
+GET /_strict/stats answers the count of requests by action and of each strict answer given
+(strict:*), each fault injected (fault:*) and each chosen error answered (chosen:CODE).
 """
 
 import argparse
+import base64
 import hashlib
 import random
 import http.client
 import http.server
 import json
+import os
+import sys
 import threading
 import time
 import urllib.parse
 import uuid
 import xml.etree.ElementTree as ET
+from xml.sax.saxutils import escape
 
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
 MUTATING_BY_INSTANCE_ID = {
@@ -44,16 +67,38 @@ MUTATING_BY_INSTANCE_ID = {
     "ModifyInstanceMetadataOptions",
 }
 TAGGING = {"CreateTags", "DeleteTags"}
+# The chosen errors: code -> HTTP status. AWS lists InsufficientInstanceCapacity among its "server
+# error codes" (5xx) in the EC2 error code reference, and boto3 reports it after "reached max
+# retries", which it only does for a 5xx (it does not retry a 400 with that code): so 500. An SDK
+# retries it like any 500 before it gives up.
+CHOSEN_STATUS = {
+    "InvalidAMIID.NotFound": 400,
+    "InsufficientInstanceCapacity": 500,
+    "InstanceLimitExceeded": 400,
+    "UnauthorizedOperation": 403,
+    "InvalidParameterValue": 400,
+}
+# What a chosen instance type also fails at: the modify that asks for it (a type the AMI cannot
+# run), the start that needs it (AWS accepts a modify to a type it has no capacity for; the start
+# fails).
+CHOSEN_AT_MODIFY = {"InvalidParameterValue"}
+CHOSEN_AT_START = {"InsufficientInstanceCapacity"}
+DEATH_AFTER_VISIBLE = 1.0
+DEATH_CODE = "Client.InternalError"
+DEATH_MESSAGE = "Client.InternalError: Client error on launch"
 
 
 class World:
     """What the proxy remembers: when each instance becomes visible, when it was seen terminated,
     every ClientToken's parameters and answer, and each action's throttling bucket."""
 
-    def __init__(self, visibility, terminated, faults):
+    def __init__(self, visibility, terminated, faults, chosen=None, dies=()):
         self.visibility = visibility
         self.terminated = terminated
         self.faults = faults
+        self.chosen = dict(chosen or {})
+        self.dies = set(dies)
+        self.doomed = {}
         self.buckets = {}
         self.dropped_tokens = set()
         self.lock = threading.Lock()
@@ -98,6 +143,24 @@ class World:
         with self.lock:
             self.terminated_at.setdefault(instance_id, time.monotonic())
 
+    def doom(self, ids):
+        """These instances die on their own: pending until then, terminated after."""
+        with self.lock:
+            for i in ids:
+                self.doomed[i] = False
+
+    def died(self, ids):
+        with self.lock:
+            now = time.monotonic()
+            for i in ids:
+                self.doomed[i] = True
+                self.terminated_at.setdefault(i, now)
+
+    def doom_of(self, instance_id):
+        """None if the instance is not doomed, else whether it has died yet."""
+        with self.lock:
+            return self.doomed.get(instance_id)
+
 
 def ids_in(params, prefix):
     return [v for k, v in params.items() if k.startswith(prefix + ".") and k[len(prefix) + 1 :].isdigit()]
@@ -106,10 +169,40 @@ def ids_in(params, prefix):
 def error(code, message, status=400):
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
-        f"<Code>{code}</Code><Message>{message}</Message></Error></Errors>"
+        f"<Code>{code}</Code><Message>{escape(message)}</Message></Error></Errors>"
         f"<RequestID>{uuid.uuid4()}</RequestID></Response>"
     )
     return status, {"Content-Type": "text/xml"}, body.encode()
+
+
+def chosen_error(code, field, value, params):
+    """The error AWS answers with `code` when `field` (ImageId or InstanceType) is `value`."""
+    if code == "InvalidAMIID.NotFound":
+        message = f"The image id '[{value}]' does not exist"
+    elif code == "InsufficientInstanceCapacity":
+        zone = params.get("Placement.AvailabilityZone") or "us-east-1a"
+        kind = f"{value} capacity" if field == "InstanceType" else "capacity"
+        message = (
+            f"We currently do not have sufficient {kind} in the Availability Zone you requested "
+            f"({zone}). Our system will be working on provisioning additional capacity. You can "
+            f"currently get {kind} by not specifying an Availability Zone in your request or "
+            "choosing us-east-1b, us-east-1c, us-east-1d, us-east-1f."
+        )
+    elif code == "InstanceLimitExceeded":
+        message = (
+            f"You have requested more instances ({params.get('MinCount', '1')}) than your current "
+            "instance limit of 0 allows for the specified instance type. Please visit "
+            "http://aws.amazon.com/contact-us/ec2-request to request an adjustment to this limit."
+        )
+    elif code == "UnauthorizedOperation":
+        encoded = base64.urlsafe_b64encode(os.urandom(300)).decode().rstrip("=")
+        message = (
+            "You are not authorized to perform this operation. "
+            f"Encoded authorization failure message: {encoded}"
+        )
+    else:
+        message = f"Invalid value '{value}' for {field}."
+    return error(code, message, CHOSEN_STATUS[code])
 
 
 def local(element):
@@ -186,6 +279,11 @@ class Proxy(http.server.BaseHTTPRequestHandler):
     # --- the strict rules -------------------------------------------------------------------
 
     def strict_RunInstances(self, params, body, _action):
+        for field in ("ImageId", "InstanceType"):
+            code = self.world.chosen.get(params.get(field))
+            if code is not None:
+                self.world.count("chosen:" + code)
+                return chosen_error(code, field, params[field], params)
         token = params.get("ClientToken")
         key = None
         if token:
@@ -205,7 +303,10 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         status, headers, answer = self.forward(body)
         if status == 200:
             root = parse(answer)
-            self.world.launched([e.text for e in root.iter() if local(e) == "instanceId"])
+            ids = [e.text for e in root.iter() if local(e) == "instanceId"]
+            self.world.launched(ids)
+            if params.get("ImageId") in self.world.dies or params.get("InstanceType") in self.world.dies:
+                self.doom(ids, params)
             if key is not None:
                 with self.world.lock:
                     self.world.tokens.setdefault(token, (key, (status, headers, answer)))
@@ -221,7 +322,7 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if status != 200:
             return status, headers, answer
         root = parse(answer)
-        changed = False
+        changed = rewritten = False
         reservations = child(root, "reservationSet")
         for reservation in list(reservations if reservations is not None else []):
             instances = child(reservation, "instancesSet")
@@ -232,11 +333,15 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 if self.world.invisible(instance_id):
                     instances.remove(instance)
                     changed = True
+                elif self.world.doom_of(instance_id) is not None:
+                    dying(instance, self.world.doom_of(instance_id))
+                    rewritten = True
             if instances is not None and len(instances) == 0:
                 reservations.remove(reservation)
-        if not changed:
+        if not changed and not rewritten:
             return status, headers, answer
-        self.world.count("strict:hidden-from-describe")
+        if changed:
+            self.world.count("strict:hidden-from-describe")
         return status, headers, ET.tostring(root, xml_declaration=True, encoding="UTF-8")
 
     def strict_mutation(self, params, body, action):
@@ -247,6 +352,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         if hidden:
             self.world.count("strict:NotFound")
             return error("InvalidInstanceID.NotFound", f"The instance ID '{hidden[0]}' does not exist")
+        if action == "ModifyInstanceAttribute":
+            new_type = params.get("InstanceType.Value")
+            if params.get("Attribute") == "instanceType":
+                new_type = params.get("Value")
+            code = self.world.chosen.get(new_type)
+            if code in CHOSEN_AT_MODIFY:
+                self.world.count("chosen:" + code)
+                return chosen_error(code, "InstanceType", new_type, params)
         if action == "ModifyInstanceAttribute" and (
             "InstanceType.Value" in params or "UserData.Value" in params
         ):
@@ -259,39 +372,66 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 )
         if action == "StartInstances":
             for instance_id in ids:
-                if self.state_of(instance_id, body) == "stopping":
+                instance = self.describe_one(instance_id, body)
+                if text(instance, "instanceState", "name") == "stopping":
                     self.world.count("strict:IncorrectInstanceState")
                     return error(
                         "IncorrectInstanceState",
                         f"The instance '{instance_id}' is not in a state from which it can be started.",
                     )
+                current = text(instance, "instanceType")
+                code = self.world.chosen.get(current)
+                if code in CHOSEN_AT_START:
+                    self.world.count("chosen:" + code)
+                    zone = text(instance, "placement", "availabilityZone")
+                    where = {"Placement.AvailabilityZone": zone} if zone else {}
+                    return chosen_error(code, "InstanceType", current, where)
         return None
+
+    def doom(self, ids, params):
+        """The launched instances die on their own once visible: terminated upstream from a timer."""
+        self.world.doom(ids)
+        terminate = {"Action": "TerminateInstances", "Version": params.get("Version", "2016-11-15")}
+        terminate.update({f"InstanceId.{n}": i for n, i in enumerate(ids, 1)})
+        body = urllib.parse.urlencode(terminate).encode()
+        headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
+        upstream, path, world = self.upstream, self.path, self.world
+
+        def die():
+            try:
+                status, _, answer = call(upstream, "POST", path, headers, body)
+            except OSError as err:
+                status, answer = None, str(err).encode()
+            if status != 200:
+                print(f"dies-at-launch: terminating {ids} failed: {status} {answer[:300]!r}", file=sys.stderr)
+            world.died(ids)
+            for _ in ids:
+                world.count("chosen:" + DEATH_CODE)
+
+        timer = threading.Timer(self.world.visibility + DEATH_AFTER_VISIBLE, die)
+        timer.daemon = True
+        timer.start()
 
     # --- plumbing ---------------------------------------------------------------------------
 
     def state_of(self, instance_id, template_body):
         """The instance's state as LocalStack sees it, or None if it does not know it."""
+        return text(self.describe_one(instance_id, template_body), "instanceState", "name")
+
+    def describe_one(self, instance_id, template_body):
+        """The instance's item as LocalStack describes it, or None if it does not know it."""
         params = dict(urllib.parse.parse_qsl(template_body.decode()))
         describe = {"Action": "DescribeInstances", "Version": params.get("Version", "2016-11-15")}
         describe["InstanceId.1"] = instance_id
         status, _, answer = self.forward(urllib.parse.urlencode(describe).encode())
         if status != 200:
             return None
-        for element in parse(answer).iter():
-            if local(element) == "instanceState":
-                return text(element, "name")
-        return None
+        items = (e for e in parse(answer).iter() if local(e) == "item")
+        return next((e for e in items if child(e, "instanceState") is not None), None)
 
     def forward(self, body):
-        conn = http.client.HTTPConnection(self.upstream.hostname, self.upstream.port, timeout=60)
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
-        headers["Content-Length"] = str(len(body))
-        conn.request(self.command, self.path, body=body, headers=headers)
-        response = conn.getresponse()
-        answer = response.read()
-        kept = {k: v for k, v in response.getheaders() if k.lower() not in HOP_HEADERS}
-        conn.close()
-        return response.status, kept, answer
+        return call(self.upstream, self.command, self.path, headers, body)
 
     def forward_raw(self, body):
         self.reply(*self.forward(body))
@@ -305,6 +445,48 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         self.wfile.write(body)
 
 
+def call(upstream, method, path, headers, body):
+    """One request to LocalStack; answers (status, headers without hop-by-hop ones, body)."""
+    conn = http.client.HTTPConnection(upstream.hostname, upstream.port, timeout=60)
+    headers = dict(headers, **{"Content-Length": str(len(body))})
+    conn.request(method, path, body=body, headers=headers)
+    response = conn.getresponse()
+    answer = response.read()
+    kept = {k: v for k, v in response.getheaders() if k.lower() not in HOP_HEADERS}
+    conn.close()
+    return response.status, kept, answer
+
+
+def dying(instance, dead):
+    """Rewrite a describe item of an instance that dies at launch: pending until it has died, and
+    AWS's reason for a launch that failed (LocalStack would show a user-initiated one)."""
+    state = child(instance, "instanceState")
+    if not dead and state is not None and text(state, "name") not in ("shutting-down", "terminated"):
+        for name, value in (("code", "0"), ("name", "pending")):
+            if child(state, name) is not None:
+                child(state, name).text = value
+    reason = child(instance, "reason")
+    if reason is not None:
+        reason.text = ""
+    ns = instance.tag[: -len(local(instance))]
+    old = child(instance, "stateReason")
+    at = list(instance).index(old) if old is not None else len(instance)
+    if old is not None:
+        instance.remove(old)
+    new = ET.Element(ns + "stateReason")
+    ET.SubElement(new, ns + "code").text = DEATH_CODE
+    ET.SubElement(new, ns + "message").text = DEATH_MESSAGE
+    instance.insert(at, new)
+
+
+def chosen_pair(value):
+    key, sep, code = value.partition("=")
+    if not sep or not key or code not in CHOSEN_STATUS:
+        codes = ", ".join(CHOSEN_STATUS)
+        raise argparse.ArgumentTypeError(f"want KEY=CODE with CODE one of {codes}: {value!r}")
+    return key, code
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--port", type=int, required=True)
@@ -316,8 +498,12 @@ def main():
     parser.add_argument("--throttle-rps", type=float, default=0.0)
     parser.add_argument("--latency-ms", type=float, default=0.0)
     parser.add_argument("--drop-first-launch", action="store_true")
+    parser.add_argument("--chosen-error", type=chosen_pair, action="append", default=[], metavar="KEY=CODE")
+    parser.add_argument("--dies-at-launch", action="append", default=[], metavar="KEY")
     args = parser.parse_args()
-    Proxy.world = World(args.visibility_seconds, args.terminated_seconds, args)
+    Proxy.world = World(
+        args.visibility_seconds, args.terminated_seconds, args, dict(args.chosen_error), args.dies_at_launch
+    )
     Proxy.upstream = urllib.parse.urlparse(args.upstream)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Proxy)
     server.daemon_threads = True

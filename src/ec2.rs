@@ -505,7 +505,9 @@ fn observe(instance: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> 
         availability_zone: non_empty(instance.placement().and_then(|p| p.availability_zone())),
         state_reason: instance.state_reason().and_then(|r| {
             let code = r.code()?;
+            // AWS's message usually repeats the code ("Client.InternalError: Client error on launch").
             Some(match r.message() {
+                Some(message) if message.starts_with(code) => message.to_owned(),
                 Some(message) => format!("{code}: {message}"),
                 None => code.to_owned(),
             })

@@ -698,6 +698,70 @@ async fn a_terminal_error_is_reported_once_and_not_retried_in_a_storm() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn ec2_refusals_are_terminal_or_retried_as_aws_means_them() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("refusals").await;
+    let _operator = Operator::start(&ns);
+    // The bed's strict EC2 answers these AMIs and types as AWS would (localstack/README.md).
+    let cases = [
+        (
+            "bad-ami",
+            json!({"imageId": "ami-0000000000badbad1"}),
+            "Failed",
+            "InvalidAMIID.NotFound",
+        ),
+        (
+            "no-permission",
+            json!({"imageId": "ami-0000000000badbad2"}),
+            "Failed",
+            "UnauthorizedOperation",
+        ),
+        (
+            "dies",
+            json!({"imageId": "ami-0000000000badbad3"}),
+            "Failed",
+            "Client.InternalError",
+        ),
+        (
+            "no-capacity",
+            json!({"instanceType": "p5.48xlarge"}),
+            "Retrying",
+            "InsufficientInstanceCapacity",
+        ),
+    ];
+    for (name, spec, _, _) in &cases {
+        bed.create(&ns, name, spec.clone()).await;
+    }
+    for (name, _, reason, code) in cases {
+        let ready = eventually(
+            &format!("{name}: Ready=False {reason} naming {code}"),
+            MINUTE,
+            || async {
+                let obj = bed.api(&ns).get(name).await.ok()?;
+                let ready = obj.status.as_ref()?.condition("Ready")?.clone();
+                (ready.reason == reason && ready.message.contains(code)).then_some(obj)
+            },
+        )
+        .await;
+        let stalled = ready.status.as_ref().unwrap().condition("Stalled").is_some();
+        assert_eq!(
+            stalled,
+            reason == "Failed",
+            "{name}: kstatus Stalled only when terminal"
+        );
+    }
+    // The instance that died at launch is reported, not replaced.
+    let dies = bed.api(&ns).get("dies").await.unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    assert_eq!(
+        bed.all_instances_of(&dies.uid().unwrap()).await.len(),
+        1,
+        "launched once"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn a_steady_fleet_costs_one_describe_per_poll() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("fleet").await;
