@@ -542,6 +542,9 @@ const RETRYABLE_CODES: &[&str] = &[
     "IncorrectState",
     "InsufficientInstanceCapacity",
     "InvalidInstanceID.NotFound",
+    // This object's launch token was used with other parameters: a launch whose answer was lost
+    // before the spec changed. That instance shows up under the owner tag soon and is adopted.
+    "IdempotentParameterMismatch",
     // Credentials rotated under a running process (IRSA, Pod Identity): the next request signs
     // with the fresh ones.
     "RequestExpired",

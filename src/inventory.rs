@@ -116,6 +116,40 @@ impl Inventory {
         }
     }
 
+    /// Every instance the last poll of `region` saw with `owner_uid`'s tag, dead ones too; `None`
+    /// when that poll is not fresh.
+    pub fn owned(&self, region: &str, owner_uid: &str) -> Option<Vec<ObservedInstance>> {
+        let state = self.state();
+        let snapshot = state.snapshots.get(region).filter(|_| self.is_fresh(&state, region))?;
+        let owned = snapshot
+            .instances
+            .values()
+            .filter(|i| i.tags.get(TAG_OWNER_UID).is_some_and(|uid| uid == owner_uid))
+            .cloned()
+            .collect();
+        Some(owned)
+    }
+
+    /// The operator changed one of `instances` after the last poll of `region` began.
+    pub fn changed_since_poll(&self, region: &str, instances: &[ObservedInstance]) -> bool {
+        let state = self.state();
+        let Some(snapshot) = state.snapshots.get(region) else {
+            return true;
+        };
+        instances.iter().any(|i| self.ec2.changes().since(&i.id, snapshot.started_at))
+    }
+
+    /// Every instance the fresh polls saw, by region.
+    pub fn instances(&self) -> Vec<(String, ObservedInstance)> {
+        let state = self.state();
+        state
+            .snapshots
+            .iter()
+            .filter(|(region, _)| self.is_fresh(&state, region))
+            .flat_map(|(region, s)| s.instances.values().map(|i| (region.clone(), i.clone())))
+            .collect()
+    }
+
     /// Other live instances the last poll of `region` saw with `owner_uid`'s tag, `id` aside.
     pub fn siblings(&self, region: &str, owner_uid: &str, id: &str) -> Vec<ObservedInstance> {
         let state = self.state();

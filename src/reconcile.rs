@@ -245,6 +245,15 @@ impl<'a> Reconciler<'a> {
                 Sighting::Seen(_) | Sighting::AskEc2 => self.find().await?,
                 Sighting::WaitForPoll => return Ok(None),
             },
+            // No instance recorded: the fleet poll shows any instance a predecessor launched and
+            // recorded nowhere. One launched moments ago, too new for the poll (or for a tag
+            // query), is never launched twice: RunInstances answers its ClientToken with it.
+            None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
+                Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
+                    decide::choose(owned, None)
+                }
+                _ => self.find().await?,
+            },
             _ => self.find().await?,
         };
         let new: Vec<&str> = found
@@ -285,8 +294,13 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn cleanup(&self) -> Result<Action> {
-        let owned = self.describe_known(true).await?;
-        let cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
+        let (mut owned, from_poll) = self.owned_while_deleting().await?;
+        let mut cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
+        if cleanup.release && from_poll {
+            // Before the finalizer goes, EC2 itself is asked, not a poll up to an interval old.
+            owned = self.describe_known(true).await?;
+            cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
+        }
         self.execute(&cleanup.steps, None).await?;
         if cleanup.release {
             if cleanup.steps.is_empty()
@@ -328,6 +342,26 @@ impl<'a> Reconciler<'a> {
     /// other live instances found with it.
     async fn find(&self) -> Result<(Option<ObservedInstance>, Vec<ObservedInstance>)> {
         Ok(decide::choose(self.describe_known(false).await?, self.status_id()))
+    }
+
+    /// Every instance of this object while it is being deleted: the status's own from EC2, the
+    /// others from the fleet poll when it is fresh (a deletion waits several passes for
+    /// termination; an owner-tag query on each would cost a call per pass and object). True
+    /// when the others came from the poll.
+    async fn owned_while_deleting(&self) -> Result<(Vec<ObservedInstance>, bool)> {
+        let Some(polled) = self.ctx.inventory.owned(&self.region, &self.owner.uid) else {
+            return Ok((self.describe_known(true).await?, false));
+        };
+        let mut found = match self.status_id() {
+            Some(id) => decide::owned(self.ec2.describe_by_ids(&[id.to_owned()]).await?, &self.owner),
+            None => Vec::new(),
+        };
+        for instance in polled {
+            if !found.iter().any(|f| f.id == instance.id) {
+                found.push(instance);
+            }
+        }
+        Ok((found, true))
     }
 
     /// The status's instance if it is ours, plus every instance carrying this object's owner tag: always
@@ -386,6 +420,16 @@ mod tests {
             .build()
     }
 
+    /// The inventory's DescribeInstances: one filter, this cluster's id.
+    fn fleet_poll(r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesInput) -> bool {
+        r.instance_ids().is_empty() && r.filters().len() == 1
+    }
+
+    /// One object's DescribeInstances by its owner tag.
+    fn owner_query(r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesInput) -> bool {
+        r.filters().iter().any(|f| f.name() == Some("tag:k106.com/owner-uid"))
+    }
+
     fn described(instances: Vec<Instance>) -> DescribeInstancesOutput {
         DescribeInstancesOutput::builder()
             .reservations(Reservation::builder().set_instances(Some(instances)).build())
@@ -440,6 +484,36 @@ mod tests {
             .map(|(_, _, body)| body["reason"].as_str().unwrap_or_default().to_owned())
             .collect();
         assert_eq!(events, vec!["Launched"]);
+    }
+
+    #[tokio::test]
+    async fn a_new_object_seen_nowhere_by_a_fresh_fleet_poll_launches_without_a_tag_query() {
+        let obj = Ec2Instance::test().finalized();
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:k106.com/cluster-id")))
+            .then_output(|| {
+                described(vec![sdk_instance(
+                    "i-0bbbbbbbbbbbbbbbb",
+                    InstanceStateName::Running,
+                    "other",
+                )])
+            });
+        let launch = mock!(aws_sdk_ec2::Client::run_instances)
+            .match_requests(|r| r.client_token() == Some(UID))
+            .then_output(|| {
+                RunInstancesOutput::builder()
+                    .instances(sdk_instance("i-0aaaaaaaaaaaaaaaa", InstanceStateName::Pending, UID))
+                    .build()
+            });
+        // Sequential: any other EC2 call (an owner-tag query) would find no rule and fail.
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&poll, &launch]);
+        let (client, _server) = ApiServer::start(obj.clone());
+        let ctx = context(client, ec2);
+        ctx.inventory.refresh().await.unwrap();
+
+        reconcile(Arc::new(obj), ctx).await.unwrap();
+
+        assert_eq!((poll.num_calls(), launch.num_calls()), (1, 1));
     }
 
     /// The object right after its first launch: status names an instance EC2 may not show yet.
@@ -717,6 +791,59 @@ mod tests {
             !finalizer_removed,
             "the finalizer stays while the instance is not terminated"
         );
+    }
+
+    #[tokio::test]
+    async fn a_deletion_waits_on_the_fleet_poll_and_asks_ec2_by_tag_only_before_releasing() {
+        let mut obj = Ec2Instance::test().finalized().with_status(crate::crd::Ec2InstanceStatus {
+            instance_id: Some("i-0ccccccccccccccccc".into()),
+            ..Default::default()
+        });
+        obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        let instance = |state: InstanceStateName| described(vec![sdk_instance("i-0ccccccccccccccccc", state, UID)]);
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(fleet_poll)
+            .then_output(move || instance(InstanceStateName::ShuttingDown));
+        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| !r.instance_ids().is_empty())
+            .then_output(move || instance(InstanceStateName::ShuttingDown));
+        let by_tag = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(owner_query)
+            .then_output(move || instance(InstanceStateName::Terminated));
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &by_id, &by_tag]);
+        let (client, _server) = ApiServer::start(obj.clone());
+        let ctx = context(client, ec2);
+        ctx.inventory.refresh().await.unwrap();
+
+        let waiting = reconcile(Arc::new(obj.clone()), ctx).await.unwrap();
+        assert_eq!(waiting, Action::requeue(Duration::from_secs(5)), "shutting down: wait");
+        assert_eq!((by_id.num_calls(), by_tag.num_calls()), (1, 0), "one call by id per pass");
+
+        // Terminated: the owner-tag query confirms nothing else lives, then the finalizer goes.
+        let terminated = move || instance(InstanceStateName::Terminated);
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(fleet_poll)
+            .then_output(terminated);
+        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| !r.instance_ids().is_empty())
+            .then_output(terminated);
+        let by_tag = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(owner_query)
+            .then_output(terminated);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &by_id, &by_tag]);
+        let (client, server) = ApiServer::start(obj.clone());
+        let ctx = context(client, ec2);
+        ctx.inventory.refresh().await.unwrap();
+
+        reconcile(Arc::new(obj), ctx).await.unwrap();
+        assert_eq!(by_tag.num_calls(), 1, "EC2 itself is asked before the release");
+        let released = server
+            .requests()
+            .iter()
+            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        assert!(released, "the finalizer is removed");
     }
 
     #[tokio::test]
