@@ -64,6 +64,12 @@ pub struct Settings {
     #[arg(long, env = "LEASE_DURATION_SECONDS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(3..=300))]
     pub lease_duration_seconds: u64,
 
+    /// Terminate an orphan (a live instance of this cluster whose object is gone, e.g. deleted
+    /// with its finalizer removed by hand) this many seconds after it was first found. Unset:
+    /// orphans are only reported (metric `ec2_operator_orphaned_instances`, a log line, a tag).
+    #[arg(long, env = "TERMINATE_ORPHANS_AFTER_SECONDS", value_parser = clap::value_parser!(u64).range(1..))]
+    pub terminate_orphans_after_seconds: Option<u64>,
+
     /// Log format; the level comes from `RUST_LOG`.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

@@ -2,18 +2,20 @@
 //! on the domain model, no I/O: every branch is unit-tested below. The reconcile shell observes,
 //! asks here, and hands each [`Step`] to the EC2 adapter.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
 use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec};
 use crate::events::Reason;
 use crate::model::{
-    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_OWNER_UID,
-    TAG_PREFIX, TAG_USER_DATA_SHA256, user_data_sha256,
+    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_NAMESPACE,
+    TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, user_data_sha256,
 };
 
 /// The Ready condition's name.
 pub const READY: &str = "Ready";
+/// kstatus: present (True) when a terminal error stops progress until the spec changes.
+pub const STALLED: &str = "Stalled";
 
 /// What the spec asks of EC2 for this owner.
 pub struct Desired<'a> {
@@ -84,6 +86,8 @@ pub struct Recorded {
     /// Duplicates seen before, and how long ago they were first seen.
     pub duplicates: Vec<String>,
     pub duplicates_for: Option<Duration>,
+    /// A terminal error stopped this generation (the Stalled condition): no more stops for it.
+    pub stalled: bool,
 }
 
 impl Recorded {
@@ -109,6 +113,9 @@ impl Recorded {
                 .as_deref()
                 .and_then(|t| t.parse::<jiff::Timestamp>().ok())
                 .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default()),
+            stalled: status
+                .condition(STALLED)
+                .is_some_and(|c| c.status == "True" && c.observed_generation == obj.metadata.generation),
         }
     }
 
@@ -352,6 +359,76 @@ pub fn choose(
     let chosen = found.next();
     let extras = found.filter(|i| !i.state.is_dead()).collect();
     (chosen, extras)
+}
+
+/// A plan not to carry out: it stops the instance for a change, and a terminal error already
+/// stopped this generation (a type the AMI cannot run, say). The instance keeps running on its
+/// old settings, Stalled says why, and a spec change tries again. Without this, every retry
+/// would stop a production instance only to fail again.
+pub fn held_back(steps: &[Step], recorded: &Recorded) -> bool {
+    recorded.stalled && steps.iter().any(|step| matches!(step, Step::Stop(_)))
+}
+
+/// After `failed` failed for good: the start that restores the instance if the plan stopped it
+/// for that change, so a refused type or user data leaves it running as it was, not stopped.
+pub fn restart_after(failed: &Step, steps: &[Step]) -> Option<Step> {
+    let (Step::ModifyInstanceType { id, .. } | Step::ModifyUserData { id, .. }) = failed else {
+        return None;
+    };
+    steps
+        .iter()
+        .find(|step| matches!(step, Step::Start(start) if start == id))
+        .cloned()
+}
+
+/// Live instances of this cluster whose owner is not among the `known` object UIDs. With a
+/// watched `namespace`, only instances of that namespace: the others belong to another operator.
+pub fn orphan_candidates<'a>(
+    instances: impl IntoIterator<Item = &'a ObservedInstance>,
+    known: &HashSet<&str>,
+    namespace: Option<&str>,
+) -> Vec<&'a ObservedInstance> {
+    instances
+        .into_iter()
+        .filter(|i| !i.state.is_dead())
+        .filter(|i| namespace.is_none_or(|ns| i.tags.get(TAG_NAMESPACE).is_some_and(|t| t == ns)))
+        .filter(|i| {
+            i.tags
+                .get(TAG_OWNER_UID)
+                .is_some_and(|uid| !known.contains(uid.as_str()))
+        })
+        .collect()
+}
+
+/// What to do about confirmed orphans: date each one with a tag when first found, and terminate
+/// it once `terminate_after` has passed since then, only if the operator was told to.
+pub fn orphan_steps(
+    orphans: &[&ObservedInstance],
+    now: jiff::Timestamp,
+    terminate_after: Option<Duration>,
+) -> Vec<Step> {
+    orphans
+        .iter()
+        .filter_map(|orphan| {
+            let since = orphan
+                .tags
+                .get(TAG_ORPHANED_SINCE)
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            match since {
+                None => Some(Step::Tag {
+                    id: orphan.id.clone(),
+                    set: BTreeMap::from([(TAG_ORPHANED_SINCE.to_owned(), now.to_string())]),
+                    remove: Vec::new(),
+                }),
+                Some(since) => {
+                    let age = Duration::try_from(now.duration_since(since)).unwrap_or_default();
+                    terminate_after
+                        .is_some_and(|grace| age >= grace)
+                        .then(|| Step::Terminate(orphan.id.clone()))
+                }
+            }
+        })
+        .collect()
 }
 
 /// Duplicates to terminate now: extra live instances of this owner that were already seen at
@@ -815,6 +892,73 @@ mod tests {
                 Step::Start(ID.into())
             ]
         );
+    }
+
+    #[test]
+    fn a_refused_type_change_starts_the_instance_again_and_is_not_retried_for_this_spec() {
+        let spec = spec().with_type("a1.medium");
+        let stopped = instance_for(&spec, InstanceState::Stopped).with_type("t3.micro");
+        let steps = plan_for(&spec, Some(&stopped), &[]);
+        assert_eq!(restart_after(&steps[0], &steps), Some(Step::Start(ID.into())));
+        assert_eq!(
+            restart_after(&Step::Stop(ID.into()), &steps),
+            None,
+            "only a refused modify"
+        );
+        let stay_stopped = [steps[0].clone()];
+        assert_eq!(
+            restart_after(&steps[0], &stay_stopped),
+            None,
+            "desired Stopped stays stopped"
+        );
+
+        let running = stopped.in_state(InstanceState::Running);
+        let stop = plan_for(&spec, Some(&running), &[]);
+        let stalled = Recorded {
+            stalled: true,
+            ..Default::default()
+        };
+        assert!(
+            held_back(&stop, &stalled),
+            "no second stop for a change that failed for good"
+        );
+        assert!(!held_back(&stop, &Recorded::default()));
+        let modify_only = plan_for(&spec, Some(&running.in_state(InstanceState::Stopped)), &[]);
+        assert!(
+            !held_back(&modify_only, &stalled),
+            "a stopped instance may be tried again"
+        );
+    }
+
+    #[test]
+    fn an_orphan_is_dated_first_and_terminated_only_when_asked_after_the_grace() {
+        let spec = spec();
+        let running = instance_for(&spec, InstanceState::Running);
+        let other_namespace = running.clone().with_instance_tag(TAG_NAMESPACE, "elsewhere");
+        let dead = running.clone().in_state(InstanceState::Terminated);
+        let uid = running.tags[TAG_OWNER_UID].clone();
+        let none = HashSet::new();
+        let scope = running.tags.get(TAG_NAMESPACE).map(String::as_str);
+        let candidates = orphan_candidates([&running, &other_namespace, &dead], &none, scope);
+        assert_eq!(candidates, [&running], "live, and in the watched namespace");
+        assert!(orphan_candidates([&running], &HashSet::from([uid.as_str()]), None).is_empty());
+
+        let now: jiff::Timestamp = "2026-11-26T12:00:00Z".parse().unwrap();
+        let tag = Step::Tag {
+            id: ID.into(),
+            set: BTreeMap::from([(TAG_ORPHANED_SINCE.into(), now.to_string())]),
+            remove: vec![],
+        };
+        assert_eq!(orphan_steps(&[&running], now, Some(Duration::from_secs(60))), [tag]);
+        let dated = running.with_instance_tag(TAG_ORPHANED_SINCE, "2026-11-26T11:58:00Z");
+        assert_eq!(orphan_steps(&[&dated], now, None), [], "reported only, by default");
+        assert_eq!(
+            orphan_steps(&[&dated], now, Some(Duration::from_secs(300))),
+            [],
+            "within the grace"
+        );
+        let grace = Some(Duration::from_secs(60));
+        assert_eq!(orphan_steps(&[&dated], now, grace), [Step::Terminate(ID.into())]);
     }
 
     #[test]

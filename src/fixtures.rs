@@ -141,6 +141,10 @@ impl ObservedInstance {
         self.id = id.into();
         self
     }
+    pub fn with_instance_tag(mut self, key: &str, value: &str) -> Self {
+        self.tags.insert(key.into(), value.into());
+        self
+    }
     pub fn launched(mut self, at: &str) -> Self {
         self.launch_time = Some(at.into());
         self

@@ -5,7 +5,8 @@
 //! - the pure core: `model` (instances, steps, tags) and `decide` (observed + desired -> steps),
 //!   with `events` (reasons) and `error`; no I/O;
 //! - the I/O shell: `ec2` (every EC2 call), `inventory` (the fleet poll), `status` (server-side
-//!   apply), `backoff`, and `reconcile` (the thin loop that ties them together);
+//!   apply), `backoff`, `reconcile` (the thin loop that ties them together), and `orphans`
+//!   (instances whose object is gone);
 //! - the wiring: `operator`, `admin`, `metrics`, `config`, then `main`.
 
 pub mod admin;
@@ -20,6 +21,7 @@ pub mod inventory;
 pub mod metrics;
 pub mod model;
 pub mod operator;
+pub mod orphans;
 pub mod reconcile;
 pub mod status;
 

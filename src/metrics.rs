@@ -28,6 +28,7 @@ pub struct Metrics {
     actions: Family<ActionLabel, Counter>,
     inventory_instances: Gauge,
     inventory_refresh_duration: Histogram,
+    orphaned_instances: Gauge,
 }
 
 impl Default for Metrics {
@@ -40,6 +41,7 @@ impl Default for Metrics {
         let actions = Family::default();
         let inventory_instances = Gauge::default();
         let inventory_refresh_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
+        let orphaned_instances = Gauge::default();
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",
@@ -63,6 +65,11 @@ impl Default for Metrics {
             "Time per inventory poll",
             inventory_refresh_duration.clone(),
         );
+        registry.register(
+            "orphaned_instances",
+            "Live instances of this cluster whose object is gone",
+            orphaned_instances.clone(),
+        );
         Self {
             registry,
             reconciles,
@@ -72,6 +79,7 @@ impl Default for Metrics {
             actions,
             inventory_instances,
             inventory_refresh_duration,
+            orphaned_instances,
         }
     }
 }
@@ -97,6 +105,10 @@ impl Metrics {
     pub fn inventory_refreshed(&self, instances: usize, seconds: f64) {
         self.inventory_instances.set(instances as i64);
         self.inventory_refresh_duration.observe(seconds);
+    }
+
+    pub fn orphans_found(&self, count: usize) {
+        self.orphaned_instances.set(count as i64);
     }
 
     /// The registry in the Prometheus text format.

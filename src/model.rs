@@ -20,6 +20,9 @@ pub const TAG_NAME: &str = "k106.com/name";
 /// SHA-256 of the user data last applied: EC2 does not return user data in DescribeInstances,
 /// and a tag is observed for free in the same call.
 pub const TAG_USER_DATA_SHA256: &str = "k106.com/user-data-sha256";
+/// When the operator first found the instance without its object (an orphan), RFC 3339: the
+/// grace before `--terminate-orphans-after-seconds` counts from it, across restarts.
+pub const TAG_ORPHANED_SINCE: &str = "k106.com/orphaned-since";
 /// Tags the operator may put on one instance: the four of [`Owner::tags`] and the user data hash.
 pub const SYSTEM_TAG_COUNT: usize = 5;
 /// EC2 allows 50 tags per resource; what the operator does not use is the user's.

@@ -2,6 +2,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::Namespace;
@@ -17,6 +18,7 @@ use crate::config::Settings;
 use crate::crd::Ec2Instance;
 use crate::ec2::Ec2Regions;
 use crate::metrics::Metrics;
+use crate::orphans::Sweep;
 use crate::reconcile::{Context, error_policy, reconcile};
 use kube_lease_manager::LeaseManagerBuilder;
 
@@ -36,6 +38,13 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let lease = elect(&settings, &client).await?;
     let (controller, synced) = controller(&settings, client);
+    let orphans = Sweep {
+        ctx: ctx.clone(),
+        objects: controller.store(),
+        listed: synced.clone(),
+        namespace: settings.namespace.clone(),
+        terminate_after: settings.terminate_orphans_after_seconds.map(Duration::from_secs),
+    };
     // A replica standing by counts as ready: a rollout must not wait for it to lead.
     let leading = Arc::new(AtomicBool::new(lease.is_none()));
     let probe_ctx = ctx.clone();
@@ -45,16 +54,18 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
     });
 
     tokio::select! {
-        outcome = work(lease, leading, controller, ctx) => outcome,
+        outcome = work(lease, leading, controller, orphans, ctx) => outcome,
         served = crate::admin::serve(settings.admin_addr, metrics, ready) => served,
     }
 }
 
-/// Wait for the lease if there is one, then reconcile and poll until stopped or the lease is lost.
+/// Wait for the lease if there is one, then reconcile, poll and sweep for orphans until stopped
+/// or the lease is lost.
 async fn work(
     mut lease: Option<Lease>,
     leading: Arc<AtomicBool>,
     controller: Controller<Ec2Instance>,
+    orphans: Sweep,
     ctx: Arc<Context>,
 ) -> anyhow::Result<()> {
     if let Some((standing, _)) = &mut lease {
@@ -86,6 +97,7 @@ async fn work(
             Ok(())
         }
         _ = ctx.inventory.run(polled) => Ok(()),
+        _ = orphans.run() => Ok(()),
         // Crash-only: a replica that lost the lease exits and comes back standing by.
         _ = lost => Err(anyhow::anyhow!("lost the leader lease")),
     };

@@ -212,6 +212,9 @@ impl<'a> Reconciler<'a> {
         self.preflight(&desired, observed.as_ref()).await?;
         let mut steps = decide::duplicates_to_terminate(&extras, &self.recorded, self.ctx.timing.poll_interval);
         steps.extend(decide::plan(&desired, observed.as_ref(), &self.recorded));
+        if decide::held_back(&steps, &self.recorded) {
+            return Ok(Action::await_change());
+        }
         if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
             self.publish(reason, note).await;
         }
@@ -327,7 +330,18 @@ impl<'a> Reconciler<'a> {
     /// steps left it.
     async fn execute(&self, steps: &[Step], mut current: Option<ObservedInstance>) -> Result<Option<ObservedInstance>> {
         for step in steps {
-            let launched = self.ec2.execute(step).await?;
+            let launched = match self.ec2.execute(step).await {
+                Ok(launched) => launched,
+                Err(err) => {
+                    if !err.is_transient()
+                        && let Some(restart) = decide::restart_after(step, steps)
+                        && let Err(restart_err) = self.ec2.execute(&restart).await
+                    {
+                        warn!(error = %restart_err, "could not start the instance again after a refused change");
+                    }
+                    return Err(err);
+                }
+            };
             let after = launched.or_else(|| current.clone().map(|i| i.after(step)));
             if let Some((reason, note)) = decide::event(step, current.as_ref(), after.as_ref()) {
                 self.publish(reason, note).await;

@@ -5,15 +5,13 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
 use crate::crd::{Ec2Instance, Ec2InstanceStatus};
-use crate::decide::{READY, Readiness};
+use crate::decide::{READY, Readiness, STALLED};
 use crate::error::Result;
 use crate::model::{ObservedInstance, TAG_USER_DATA_SHA256};
 
 pub const FIELD_MANAGER: &str = "ec2-operator";
 /// kstatus: present (True) while the operator is still bringing the instance to the spec.
 pub const RECONCILING: &str = "Reconciling";
-/// kstatus: present (True) when a terminal error stops progress until the spec changes.
-pub const STALLED: &str = "Stalled";
 /// The Ready reason of a terminal failure.
 pub const FAILED: &str = "Failed";
 

@@ -278,6 +278,53 @@ async fn instance_type_change_stops_modifies_and_starts() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn a_type_the_ami_cannot_run_leaves_the_instance_running_on_its_old_type() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("refused").await;
+    let mut operator = Operator::start(&ns);
+    bed.create(&ns, "arm", json!({"instanceType": "t3.micro"})).await;
+    let id = bed.ready(&ns, "arm").await.status.unwrap().instance_id.unwrap();
+
+    // The strict EC2 refuses a1.medium at ModifyInstanceAttribute (an Arm type, an x86 AMI),
+    // after DescribeInstanceTypes said it exists and the instance was stopped for it.
+    bed.patch_spec(&ns, "arm", json!({"instanceType": "a1.medium"})).await;
+    let stalled = eventually(
+        "Stalled with the AWS error, the instance running again",
+        MINUTE,
+        || async {
+            let obj = bed.api(&ns).get("arm").await.ok()?;
+            let stalled = obj.status.as_ref()?.condition("Stalled")?.clone();
+            let instance = bed.instance(&id).await;
+            (state_of(&instance) == "running" && stalled.observed_generation == obj.metadata.generation)
+                .then_some(stalled)
+        },
+    )
+    .await;
+    assert!(stalled.message.contains("InvalidParameterValue"), "{}", stalled.message);
+    let instance = bed.instance(&id).await;
+    assert_eq!(
+        instance.instance_type().map(|t| t.as_str()),
+        Some("t3.micro"),
+        "its old type"
+    );
+    let stops = "ec2_operator_ec2_requests_total{operation=\"StopInstances\"}";
+    assert_eq!(operator.metric(stops).await, 1.0);
+
+    // A new operator (no backoff in memory) reads Stalled in status and does not stop it again.
+    operator.kill();
+    let operator = Operator::start(&ns);
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(operator.metric(stops).await, 0.0, "no second stop for the same spec");
+    assert_eq!(state_of(&bed.instance(&id).await), "running");
+
+    // A spec change tries again.
+    bed.patch_spec(&ns, "arm", json!({"instanceType": "t3.small"})).await;
+    let obj = bed.ready(&ns, "arm").await;
+    assert_eq!(obj.status.unwrap().instance_type.as_deref(), Some("t3.small"));
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn tags_follow_the_spec_both_ways_and_foreign_tags_stay() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("tags").await;
@@ -577,6 +624,54 @@ async fn faults_and_dropped_responses_cost_retries_not_duplicates_or_leaks() {
         count("strict:idempotent-replay") >= 1,
         "retried launches got the original: {stats}"
     );
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn an_orphan_is_reported_and_terminated_only_when_asked_after_the_grace() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("orphan").await;
+    let mut operator = Operator::start(&ns);
+    bed.create(&ns, "forgotten", json!({})).await;
+    let id = bed.ready(&ns, "forgotten").await.status.unwrap().instance_id.unwrap();
+
+    // Deleted while no operator ran, its finalizer removed by hand: the instance lives on.
+    operator.kill();
+    let api = bed.api(&ns);
+    let no_finalizers = Patch::Merge(json!({"metadata": {"finalizers": null}}));
+    api.patch("forgotten", &PatchParams::default(), &no_finalizers)
+        .await
+        .unwrap();
+    bed.delete(&ns, "forgotten").await;
+
+    let operator = Operator::start(&ns);
+    let series = "ec2_operator_orphaned_instances";
+    eventually("the orphan counted", MINUTE, || async {
+        (operator.metric(series).await == 1.0).then_some(())
+    })
+    .await;
+    let instance = eventually("the orphan dated by a tag", MINUTE, || async {
+        let instance = bed.instance(&id).await;
+        tags_of(&instance)
+            .contains_key("k106.com/orphaned-since")
+            .then_some(instance)
+    })
+    .await;
+    assert!(operator.log_text().contains(&id), "a log line names the orphan");
+    tokio::time::sleep(Duration::from_secs(6)).await;
+    assert_eq!(state_of(&instance), "running");
+    assert_eq!(
+        state_of(&bed.instance(&id).await),
+        "running",
+        "not terminated unless asked"
+    );
+    drop(operator);
+
+    let _operator = Operator::start_with(&ns, &["--terminate-orphans-after-seconds", "5"]);
+    eventually("the orphan terminated after the grace", MINUTE, || async {
+        (state_of(&bed.instance(&id).await) == "terminated").then_some(())
+    })
+    .await;
 }
 
 #[tokio::test]
