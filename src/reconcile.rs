@@ -251,11 +251,13 @@ impl<'a> Reconciler<'a> {
             // No instance recorded: the fleet poll shows any instance a predecessor launched and
             // recorded nowhere. One launched moments ago, too new for the poll (or for a tag
             // query), is never launched twice: RunInstances answers its ClientToken with it.
+            // A failing poll makes new objects wait for the next one rather than each query EC2.
             None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
                 Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
                     decide::choose(owned, None)
                 }
-                _ => self.find().await?,
+                Some(_) => self.find().await?,
+                None => return Ok(None),
             },
             _ => self.find().await?,
         };
@@ -297,9 +299,9 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn cleanup(&self) -> Result<Action> {
-        let (mut owned, from_poll) = self.owned_while_deleting().await?;
+        let mut owned = self.owned_while_deleting().await?;
         let mut cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
-        if cleanup.release && from_poll {
+        if cleanup.release {
             // Before the finalizer goes, EC2 itself is asked, not a poll up to an interval old.
             owned = self.describe_known(true).await?;
             cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
@@ -359,12 +361,12 @@ impl<'a> Reconciler<'a> {
     }
 
     /// Every instance of this object while it is being deleted: the status's own from EC2, the
-    /// others from the fleet poll when it is fresh (a deletion waits several passes for
-    /// termination; an owner-tag query on each would cost a call per pass and object). True
-    /// when the others came from the poll.
-    async fn owned_while_deleting(&self) -> Result<(Vec<ObservedInstance>, bool)> {
+    /// others from the fleet poll (a deletion waits several passes for termination; an
+    /// owner-tag query on each would cost a call per pass and object). While the poll is
+    /// failing, the deletion waits for it.
+    async fn owned_while_deleting(&self) -> Result<Vec<ObservedInstance>> {
         let Some(polled) = self.ctx.inventory.owned(&self.region, &self.owner.uid) else {
-            return Ok((self.describe_known(true).await?, false));
+            return Err(Error::Waiting("waiting for a fresh poll of EC2".into()));
         };
         let mut found = match self.status_id() {
             Some(id) => decide::owned(self.ec2.describe_by_ids(&[id.to_owned()]).await?, &self.owner),
@@ -375,7 +377,7 @@ impl<'a> Reconciler<'a> {
                 found.push(instance);
             }
         }
-        Ok((found, true))
+        Ok(found)
     }
 
     /// The status's instance if it is ours, plus every instance carrying this object's owner tag: always
@@ -444,6 +446,12 @@ mod tests {
         r.filters().iter().any(|f| f.name() == Some("tag:k106.com/owner-uid"))
     }
 
+    /// The context after one fleet poll (answered by the mock like any DescribeInstances).
+    async fn polled(ctx: Arc<Context>) -> Arc<Context> {
+        ctx.inventory.refresh().await.expect("the fleet poll");
+        ctx
+    }
+
     fn described(instances: Vec<Instance>) -> DescribeInstancesOutput {
         DescribeInstancesOutput::builder()
             .reservations(Reservation::builder().set_instances(Some(instances)).build())
@@ -453,9 +461,16 @@ mod tests {
     #[tokio::test]
     async fn a_new_object_launches_once_with_its_token_and_records_the_id_at_once() {
         let obj = Ec2Instance::test().finalized();
-        let none_owned = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:k106.com/owner-uid")))
-            .then_output(|| described(vec![]));
+        // The fleet poll shows another object's instance only; no owner-tag query follows.
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(fleet_poll)
+            .then_output(|| {
+                described(vec![sdk_instance(
+                    "i-0bbbbbbbbbbbbbbbb",
+                    InstanceStateName::Running,
+                    "other",
+                )])
+            });
         let launch = mock!(aws_sdk_ec2::Client::run_instances)
             .match_requests(|r| {
                 r.client_token() == Some(UID)
@@ -470,10 +485,13 @@ mod tests {
                     .instances(sdk_instance("i-0aaaaaaaaaaaaaaaa", InstanceStateName::Pending, UID))
                     .build()
             });
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&none_owned, &launch]);
+        // Sequential: any other EC2 call (an owner-tag query) would find no rule and fail.
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&poll, &launch]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        let action = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        let action = reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+            .await
+            .unwrap();
 
         assert_eq!(
             launch.num_calls(),
@@ -498,36 +516,6 @@ mod tests {
             .map(|(_, _, body)| body["reason"].as_str().unwrap_or_default().to_owned())
             .collect();
         assert_eq!(events, vec!["Launched"]);
-    }
-
-    #[tokio::test]
-    async fn a_new_object_seen_nowhere_by_a_fresh_fleet_poll_launches_without_a_tag_query() {
-        let obj = Ec2Instance::test().finalized();
-        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("tag:k106.com/cluster-id")))
-            .then_output(|| {
-                described(vec![sdk_instance(
-                    "i-0bbbbbbbbbbbbbbbb",
-                    InstanceStateName::Running,
-                    "other",
-                )])
-            });
-        let launch = mock!(aws_sdk_ec2::Client::run_instances)
-            .match_requests(|r| r.client_token() == Some(UID))
-            .then_output(|| {
-                RunInstancesOutput::builder()
-                    .instances(sdk_instance("i-0aaaaaaaaaaaaaaaa", InstanceStateName::Pending, UID))
-                    .build()
-            });
-        // Sequential: any other EC2 call (an owner-tag query) would find no rule and fail.
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&poll, &launch]);
-        let (client, _server) = ApiServer::start(obj.clone());
-        let ctx = context(client, ec2);
-        ctx.inventory.refresh().await.unwrap();
-
-        reconcile(Arc::new(obj), ctx).await.unwrap();
-
-        assert_eq!((poll.num_calls(), launch.num_calls()), (1, 1));
     }
 
     /// The object right after its first launch: status names an instance EC2 may not show yet.
@@ -584,7 +572,9 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &terminate]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+            .await
+            .unwrap();
 
         assert_eq!(terminate.num_calls(), 1, "the unseen instance is terminated anyway");
         let finalizer_removed = server
@@ -764,7 +754,9 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&owned, &launch, &tags]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+            .await
+            .unwrap();
 
         assert_eq!(launch.num_calls(), 0, "no RunInstances when the owner tag finds one");
         let last = server.status_patches().pop().unwrap();
@@ -789,7 +781,9 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&running, &terminate]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        let action = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        let action = reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+            .await
+            .unwrap();
 
         assert_eq!(
             action,
@@ -809,10 +803,12 @@ mod tests {
 
     #[tokio::test]
     async fn a_deletion_waits_on_the_fleet_poll_and_asks_ec2_by_tag_only_before_releasing() {
-        let mut obj = Ec2Instance::test().finalized().with_status(crate::crd::Ec2InstanceStatus {
-            instance_id: Some("i-0ccccccccccccccccc".into()),
-            ..Default::default()
-        });
+        let mut obj = Ec2Instance::test()
+            .finalized()
+            .with_status(crate::crd::Ec2InstanceStatus {
+                instance_id: Some("i-0ccccccccccccccccc".into()),
+                ..Default::default()
+            });
         obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
             jiff::Timestamp::now(),
         ));
@@ -833,7 +829,11 @@ mod tests {
 
         let waiting = reconcile(Arc::new(obj.clone()), ctx).await.unwrap();
         assert_eq!(waiting, Action::requeue(Duration::from_secs(5)), "shutting down: wait");
-        assert_eq!((by_id.num_calls(), by_tag.num_calls()), (1, 0), "one call by id per pass");
+        assert_eq!(
+            (by_id.num_calls(), by_tag.num_calls()),
+            (1, 0),
+            "one call by id per pass"
+        );
 
         // Terminated: the owner-tag query confirms nothing else lives, then the finalizer goes.
         let terminated = move || instance(InstanceStateName::Terminated);
@@ -867,12 +867,18 @@ mod tests {
             jiff::Timestamp::now(),
         ));
         let nothing = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
-        let ec2 = mock_client!(aws_sdk_ec2, [&nothing]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&nothing]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+            .await
+            .unwrap();
 
-        assert_eq!(nothing.num_calls(), 1, "one owner-tag lookup, no other EC2 call");
+        assert_eq!(
+            nothing.num_calls(),
+            2,
+            "the poll, then one owner-tag lookup; no other EC2 call"
+        );
         let removal = server
             .requests()
             .into_iter()
