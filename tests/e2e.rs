@@ -421,7 +421,14 @@ async fn security_groups_and_user_data_follow_the_spec() {
 async fn user_data_secrets_never_reach_logs_or_events() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("secrets").await;
-    let operator = Operator::start(&ns);
+    // Planted credentials too (LocalStack takes any secret key and session token).
+    let secret_key = format!("planted-secret-key-{}", fastrand::u64(..));
+    let session_token = format!("planted-session-token-{}", fastrand::u64(..));
+    let credentials = [
+        ("AWS_SECRET_ACCESS_KEY", secret_key.as_str()),
+        ("AWS_SESSION_TOKEN", session_token.as_str()),
+    ];
+    let operator = Operator::start_with_env(&ns, &[], &credentials);
     let first = format!("DB_PASSWORD=planted-{}", fastrand::u64(..));
     let second = format!("DB_PASSWORD=planted-{}", fastrand::u64(..));
     bed.create(&ns, "vault", json!({"userData": first})).await;
@@ -442,24 +449,42 @@ async fn user_data_secrets_never_reach_logs_or_events() {
     let logs = operator.log_text();
     assert!(events.contains("user data replaced"), "the change was told: {events}");
     assert!(events.contains("DriftDetected"), "the drift was told: {events}");
-    for secret in [&first, &second] {
-        assert!(!events.contains(secret.as_str()), "an event carries the user data");
-        assert!(!logs.contains(secret.as_str()), "the log carries the user data");
+    for secret in [&first, &second, &secret_key, &session_token] {
+        assert!(!events.contains(secret.as_str()), "an event carries a secret");
+        assert!(!logs.contains(secret.as_str()), "the log carries a secret");
     }
 }
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
-async fn sigterm_ends_the_operator_cleanly() {
+async fn sigterm_drains_the_reconcile_in_flight_and_exits_cleanly() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("sigterm").await;
-    let mut operator = Operator::start(&ns);
-    bed.create(&ns, "calm", json!({})).await;
-    bed.ready(&ns, "calm").await;
+    // Every EC2 answer takes 1.5 s: SIGTERM lands while RunInstances is on its way.
+    let slow = FaultyEc2::start(&["--latency-ms", "1500"]);
+    let mut operator = Operator::start_with_env(&ns, &[], &[("AWS_ENDPOINT_URL", &slow.endpoint)]);
+    eventually("the first poll", MINUTE, || async {
+        (operator.probe("/readyz").await == 200).then_some(())
+    })
+    .await;
+    bed.create(&ns, "busy", json!({})).await;
+    eventually("RunInstances sent", MINUTE, || async {
+        (slow.stats().await["RunInstances"].as_u64() >= Some(1)).then_some(())
+    })
+    .await;
     let started = std::time::Instant::now();
     let status = operator.terminate();
     assert!(status.success(), "exit status {status}");
     assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    // Drained, not cut off: the launch in flight was recorded before the process ended.
+    let recorded = bed
+        .api(&ns)
+        .get("busy")
+        .await
+        .unwrap()
+        .status
+        .and_then(|s| s.instance_id);
+    assert!(recorded.is_some(), "the in-flight launch wrote its instance id");
 }
 
 #[tokio::test]
