@@ -81,6 +81,9 @@ pub struct Recorded {
     pub replacements: u32,
     /// Time since the recorded instance was launched (or started).
     pub since_launch: Option<Duration>,
+    /// A describe has shown the recorded instance (status holds a state RunInstances never
+    /// answers with): if EC2 stops showing it, it is gone, not still on its way.
+    pub seen: bool,
     /// Status was last written for the current generation: the spec has not changed since.
     pub same_generation: bool,
     /// Duplicates seen before, and how long ago they were first seen.
@@ -106,6 +109,7 @@ impl Recorded {
             user_data_sha256: status.user_data_sha256.clone(),
             replacements: status.replacements,
             since_launch,
+            seen: status.state.as_deref().is_some_and(|state| state != "pending"),
             same_generation: status.condition(READY).and_then(|c| c.observed_generation) == obj.metadata.generation,
             duplicates: status.duplicates.clone(),
             duplicates_for: status
@@ -119,10 +123,11 @@ impl Recorded {
         }
     }
 
-    /// The recorded instance was launched (or started) within [`VISIBILITY_GRACE`]: EC2 not
-    /// showing it is no proof that it is gone.
+    /// The recorded instance was launched within [`VISIBILITY_GRACE`] and no describe has shown
+    /// it yet: EC2 not showing it is no proof that it is gone. (One seen and then no longer
+    /// shown was terminated long enough ago for EC2 to forget it.)
     pub fn fresh(&self) -> bool {
-        self.since_launch.is_some_and(|d| d < VISIBILITY_GRACE)
+        !self.seen && self.since_launch.is_some_and(|d| d < VISIBILITY_GRACE)
     }
 
     /// How long the next replacement must still wait, if it must.
@@ -712,12 +717,15 @@ mod tests {
     }
 
     #[test]
-    fn freshness_comes_from_the_recorded_launch_time() {
-        let running = instance_for(&spec(), InstanceState::Running).launched("2026-01-01T00:00:00Z");
-        let obj = Ec2Instance::test().ready_on(&running);
+    fn freshness_comes_from_the_recorded_launch_time_until_a_describe_shows_the_instance() {
+        let pending = instance_for(&spec(), InstanceState::Pending).launched("2026-01-01T00:00:00Z");
+        let obj = Ec2Instance::test().ready_on(&pending);
         let at = |t: &str| t.parse::<jiff::Timestamp>().unwrap();
         assert!(Recorded::of(&obj, at("2026-01-01T00:01:00Z")).fresh());
         assert!(!Recorded::of(&obj, at("2026-01-01T00:11:00Z")).fresh());
+        // Seen running, then gone from describe (terminated and forgotten): gone, at once.
+        let seen = Ec2Instance::test().ready_on(&pending.in_state(InstanceState::Running));
+        assert!(!Recorded::of(&seen, at("2026-01-01T00:01:00Z")).fresh());
         assert_eq!(
             Recorded::of(&Ec2Instance::test(), at("2026-01-01T00:01:00Z")),
             Recorded::default()

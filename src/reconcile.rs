@@ -10,7 +10,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use kube::{Client, Resource};
-use tracing::{info, instrument, warn};
+use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
 use crate::crd::{DeletionPolicy, Ec2Instance, Ec2InstanceStatus};
@@ -133,7 +133,7 @@ pub async fn reconcile(obj: Arc<Ec2Instance>, ctx: Arc<Context>) -> Result<Actio
             Ok(action)
         }
         Err(Error::Waiting(what)) => {
-            info!("{what}");
+            debug!("{what}");
             Ok(Action::requeue(ctx.timing.transition_interval))
         }
         Err(err) => {
@@ -388,7 +388,10 @@ impl<'a> Reconciler<'a> {
             Some(id) => decide::owned(self.ec2.describe_by_ids(&[id.to_owned()]).await?, &self.owner),
             None => Vec::new(),
         };
-        if every_owned || found.iter().all(|i| i.state.is_dead()) {
+        // Launched moments ago and not shown yet: a tag query would not show it either (the same
+        // eventual consistency), and the plan waits for it.
+        let unseen_yet = found.is_empty() && self.recorded.fresh();
+        if every_owned || (!unseen_yet && found.iter().all(|i| i.state.is_dead())) {
             for instance in self.ec2.describe_by_tags(&self.owner.filter()).await? {
                 if !found.iter().any(|f| f.id == instance.id) {
                     found.push(instance);
@@ -551,6 +554,11 @@ mod tests {
         let action = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
 
         assert_eq!(launch.num_calls(), 0, "NotFound right after a launch is not 'gone'");
+        assert_eq!(
+            by_owner.num_calls(),
+            0,
+            "nor worth a tag query: it would not show it either"
+        );
         assert_eq!(action, Action::requeue(Duration::from_secs(5)));
     }
 
