@@ -2,10 +2,10 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status demo test unit lint fmt crds build
+.PHONY: help up down status demo test test-chaos unit lint fmt crds build
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-8s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
 
 up: ## Start the test bed (kube-apiserver + etcd, LocalStack EC2) or reuse it
 	@hack/bed.sh up
@@ -21,6 +21,9 @@ demo: ## Sandbox + operator + examples/, shown Ready
 
 test: ## All tests: unit, mocks, CRD staleness, end-to-end on the test bed
 	@hack/test.sh
+
+test-chaos: ## 200 objects under EC2 faults, operator kills, API server and LocalStack outages
+	@hack/test.sh chaos
 
 unit: ## Fast tests only (no test bed)
 	cargo test --all-targets --locked

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # `make test`: every test, the test bed included. Brings the bed up if it is not (and then
 # takes it down again, even when a test fails); reuses a bed that `make up` started.
+# `hack/test.sh chaos` (`make test-chaos`): the chaos test alone, on the same kind of bed.
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -25,5 +26,9 @@ fi
 wait "$build"
 
 eval "$(hack/bed.sh env)"
-# Unit tests, mocks, CRD staleness, then the end-to-end tests against the bed.
-cargo test --all-targets --locked -- --include-ignored --test-threads "${TEST_THREADS:-4}"
+case "${1:-all}" in
+  # Unit tests, mocks, CRD staleness, then the end-to-end tests against the bed.
+  all) cargo test --all-targets --locked -- --include-ignored --skip chaos_ --test-threads "${TEST_THREADS:-4}" ;;
+  chaos) cargo test --test chaos --locked -- --include-ignored --nocapture ;;
+  *) die "usage: $0 [all|chaos]" ;;
+esac

@@ -129,6 +129,8 @@ seed() {
     echo "AWS_REGION=us-east-1"
     echo "AWS_DEFAULT_REGION=us-east-1"
     echo "STRICT_EC2_ENDPOINT=http://127.0.0.1:$STRICT_PORT"
+    # For the chaos test, which freezes LocalStack (SIGSTOP) to make EC2 unreachable.
+    echo "LOCALSTACK_PID=$(cat "$PIDFILE")"
     echo "$out"
   } >"$ENVFILE.tmp"
   mv -f "$ENVFILE.tmp" "$ENVFILE"

@@ -136,7 +136,9 @@ impl Inventory {
         let Some(snapshot) = state.snapshots.get(region) else {
             return true;
         };
-        instances.iter().any(|i| self.ec2.changes().since(&i.id, snapshot.started_at))
+        instances
+            .iter()
+            .any(|i| self.ec2.changes().since(&i.id, snapshot.started_at))
     }
 
     /// Every instance the fresh polls saw, by region.

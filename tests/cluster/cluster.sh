@@ -6,6 +6,7 @@
 #   cluster.sh down    stop the processes recorded in the pid files
 #   cluster.sh status  up/down per process
 #   cluster.sh env     print `export KUBECONFIG=...` lines
+#   cluster.sh restart-apiserver   stop kube-apiserver, wait DOWN_SECONDS, start it on the same etcd
 #
 # Env: BED_CACHE (default <repo>/.cache), ETCD_PORT (23790),
 #      ETCD_PEER_PORT (23800), APISERVER_PORT (16443).
@@ -88,6 +89,40 @@ fail_with_log() {
   exit 1
 }
 
+# RBAC only (no Node authorizer): there are no kubelets. --endpoint-reconciler-type=none: the
+# `kubernetes` Endpoints may not hold a loopback IP, and nothing here routes to the service anyway.
+# Plain-HTTP etcd is acceptable: it only listens on loopback.
+start_apiserver() {
+  local p="$dir/pki"
+  start kube-apiserver \
+    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
+    --etcd-servers="http://127.0.0.1:$ETCD_PORT" \
+    --authorization-mode=RBAC \
+    --client-ca-file="$p/ca.crt" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
+    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
+    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
+    --service-cluster-ip-range=10.96.0.0/24 --allow-privileged=false \
+    --endpoint-reconciler-type=none --profiling=false
+}
+
+# Stops kube-apiserver and, after DOWN_SECONDS (default 5), starts it again on the same etcd: what
+# a control-plane upgrade or crash looks like to a controller (watches break, the data stays).
+cmd_restart_apiserver() {
+  local pid deadline
+  pid="$(live_pid kube-apiserver)" || die "kube-apiserver is not running"
+  stop_pid "$pid"
+  echo "stopped kube-apiserver (pid $pid)"
+  sleep "${DOWN_SECONDS:-5}"
+  start_apiserver
+  deadline=$((SECONDS + 120))
+  until ready; do
+    live_pid kube-apiserver >/dev/null || fail_with_log "kube-apiserver exited" kube-apiserver
+    ((SECONDS < deadline)) || fail_with_log "kube-apiserver not ready after 120s" kube-apiserver
+    sleep 1
+  done
+  echo "kube-apiserver up again (pid $(live_pid kube-apiserver))"
+}
+
 cmd_up() {
   "$here/build.sh" || die "build failed; fix the error above (or remove $bin to force a rebuild)"
   mkdir -p "$dir"
@@ -118,20 +153,7 @@ cmd_up() {
     --listen-peer-urls "$peer_url" --initial-advertise-peer-urls "$peer_url" \
     --initial-cluster "bed=$peer_url" --unsafe-no-fsync --log-level warn
 
-  local p="$dir/pki"
-  # Plain-HTTP etcd is acceptable: it only listens on loopback.
-  # RBAC only (no Node authorizer): there are no kubelets.
-  # --endpoint-reconciler-type=none: the `kubernetes` Endpoints may not
-  # hold a loopback IP, and nothing here routes to the service anyway.
-  start kube-apiserver \
-    --bind-address=127.0.0.1 --advertise-address=127.0.0.1 --secure-port="$APISERVER_PORT" \
-    --etcd-servers="$etcd_url" \
-    --authorization-mode=RBAC \
-    --client-ca-file="$p/ca.crt" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
-    --service-account-issuer=https://kubernetes.default.svc.cluster.local \
-    --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/24 --allow-privileged=false \
-    --endpoint-reconciler-type=none --profiling=false
+  start_apiserver
 
   local deadline=$((SECONDS + 120))
   until ready; do
@@ -179,5 +201,6 @@ case "${1:-}" in
   down) cmd_down ;;
   status) cmd_status ;;
   env) cmd_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  restart-apiserver) cmd_restart_apiserver ;;
+  *) echo "usage: $0 up|down|status|env|restart-apiserver" >&2; exit 2 ;;
 esac

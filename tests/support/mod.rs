@@ -391,10 +391,15 @@ impl FaultyEc2 {
 
     /// What it counted: requests by action, and `fault:*` / `strict:*` answers.
     pub async fn stats(&self) -> serde_json::Value {
-        let port: u16 = self.endpoint.rsplit(':').next().unwrap().parse().unwrap();
-        let answer = http_get(port, "/_strict/stats").await;
-        serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default()
+        strict_stats(&self.endpoint).await
     }
+}
+
+/// What a strict_ec2.py at `endpoint` counted: requests by action, and `fault:*` / `strict:*` answers.
+pub async fn strict_stats(endpoint: &str) -> serde_json::Value {
+    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let answer = http_get(port, "/_strict/stats").await;
+    serde_json::from_str(answer.split("\r\n\r\n").nth(1).unwrap_or("{}")).unwrap_or_default()
 }
 
 impl Drop for FaultyEc2 {
