@@ -48,6 +48,9 @@ impl Changes {
     }
 }
 
+/// Values one DescribeInstances filter may carry.
+const MAX_FILTER_VALUES: usize = 200;
+
 /// How long one EC2 request may take before it is abandoned and retried.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -154,6 +157,21 @@ impl Ec2 {
             return Ok(Vec::new());
         }
         self.describe(Some(ids.to_vec()), None).await
+    }
+
+    /// The instances among `ids` that EC2 shows, in as few calls as filters allow (an
+    /// `instance-id` filter, unlike `InstanceIds`, leaves out ids EC2 does not show yet rather
+    /// than failing the whole call).
+    pub async fn describe_some(&self, ids: &[String]) -> Result<Vec<ObservedInstance>> {
+        let mut found = Vec::new();
+        for chunk in ids.chunks(MAX_FILTER_VALUES) {
+            let filter = Filter::builder()
+                .name("instance-id")
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            found.extend(self.describe(None, Some(vec![filter])).await?);
+        }
+        Ok(found)
     }
 
     /// Instances carrying every `key=value` tag given, all pages.

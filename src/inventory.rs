@@ -5,7 +5,7 @@
 //! It is only a cache: empty after a restart, and an entry is distrusted as soon as the operator
 //! changes that instance, until a poll that started after the change has seen it.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -23,11 +23,40 @@ struct Snapshot {
     live_by_owner: HashMap<String, Vec<String>>,
 }
 
+/// One describe of every instance objects in transition asked about in a region.
+struct Batch {
+    started_at: Instant,
+    asked: HashSet<String>,
+    shown: HashMap<String, ObservedInstance>,
+}
+
 #[derive(Default)]
 struct State {
     /// Regions to poll, with when an object last asked for each.
     regions: HashMap<String, Instant>,
     snapshots: HashMap<String, Snapshot>,
+    /// Instances objects in transition asked about, by region, with when they last asked.
+    watched: HashMap<String, HashMap<String, Instant>>,
+    batches: HashMap<String, Batch>,
+}
+
+/// How often the instances objects in transition asked about are described: one call per
+/// region (and 200 instances) for all of them, however many objects wait.
+pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// An instance no object asked about for this long leaves the batches (objects settle or go
+/// away and say so; this catches the ones that could not).
+const WATCH_EXPIRY: Duration = Duration::from_secs(60);
+
+/// What the batched describe says about one instance an object in transition watches.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Watched {
+    /// A batch begun after the operator last changed it showed it like this.
+    Seen(Box<ObservedInstance>),
+    /// A batch begun after the operator last changed it asked for it and EC2 did not show it.
+    Missing,
+    /// No such batch yet: ask again after the next one.
+    Pending,
 }
 
 /// What the inventory can say about one instance.
@@ -83,7 +112,7 @@ impl Inventory {
         state
             .regions
             .retain(|region, used| region == default || used.elapsed() < unused_after);
-        let State { regions, snapshots } = &mut *state;
+        let State { regions, snapshots, .. } = &mut *state;
         snapshots.retain(|region, _| regions.contains_key(region));
         regions.keys().cloned().collect()
     }
@@ -164,6 +193,80 @@ impl Inventory {
             .collect()
     }
 
+    /// What the last batch says about `id`, for an object in transition; the instance joins
+    /// the next batches.
+    pub fn watch(&self, region: &str, id: &str) -> Watched {
+        let mut state = self.state();
+        let asked = state.watched.entry(region.to_owned()).or_default();
+        asked.insert(id.to_owned(), Instant::now());
+        let Some(batch) = state.batches.get(region) else {
+            return Watched::Pending;
+        };
+        let current = batch.asked.contains(id)
+            && batch.started_at.elapsed() <= WATCH_INTERVAL * 5
+            && !self.ec2.changes().since(id, batch.started_at);
+        match batch.shown.get(id) {
+            _ if !current => Watched::Pending,
+            Some(instance) => Watched::Seen(Box::new(instance.clone())),
+            None => Watched::Missing,
+        }
+    }
+
+    /// `id` is settled (or gone): it leaves the batches.
+    pub fn unwatch(&self, region: &str, id: &str) {
+        if let Some(ids) = self.state().watched.get_mut(region) {
+            ids.remove(id);
+        }
+    }
+
+    /// Every [`WATCH_INTERVAL`], describe the watched instances (see [`Inventory::describe_watched`]).
+    pub async fn run_watch(&self) {
+        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            self.describe_watched().await;
+        }
+    }
+
+    /// One batch: every instance an object asked about recently, one describe per region.
+    pub async fn describe_watched(&self) {
+        let asked: Vec<(String, Vec<String>)> = {
+            let mut state = self.state();
+            let State { watched, batches, .. } = &mut *state;
+            watched.retain(|_, ids| {
+                ids.retain(|_, at| at.elapsed() < WATCH_EXPIRY);
+                !ids.is_empty()
+            });
+            batches.retain(|region, _| watched.contains_key(region));
+            watched
+                .iter()
+                .map(|(region, ids)| (region.clone(), ids.keys().cloned().collect()))
+                .collect()
+        };
+        let batches = asked.iter().map(|(region, ids)| async move {
+            let started_at = Instant::now();
+            (started_at, self.ec2.client(region).describe_some(ids).await)
+        });
+        let results = futures::future::join_all(batches).await;
+        for ((region, ids), (started_at, result)) in asked.into_iter().zip(results) {
+            match result {
+                Ok(found) => {
+                    let batch = Batch {
+                        started_at,
+                        asked: ids.into_iter().collect(),
+                        shown: found.into_iter().map(|i| (i.id.clone(), i)).collect(),
+                    };
+                    self.state().batches.insert(region, batch);
+                }
+                Err(err) => {
+                    self.ec2.metrics().error(err.metric_label());
+                    warn!(%region, error = %err, "describing the instances in transition failed");
+                }
+            }
+        }
+    }
+
     /// Poll every `poll_interval`, and after each poll that saw any region ask for every object
     /// to be reconciled against it (from memory). Runs until the receiver is gone.
     pub async fn run(&self, polled: mpsc::Sender<()>) {
@@ -198,7 +301,11 @@ impl Inventory {
                 }
             }
         }
-        let oldest = self.state().snapshots.values().map(|s| s.started_at).min();
+        let oldest = {
+            let state = self.state();
+            let polls = state.snapshots.values().map(|s| s.started_at);
+            polls.chain(state.batches.values().map(|b| b.started_at)).min()
+        };
         if let Some(oldest) = oldest {
             // Changes older than every snapshot no longer matter.
             self.ec2.changes().forget_before(oldest);
@@ -312,6 +419,51 @@ mod tests {
             matches!(inventory.lookup("us-east-1", &instance.id), Sighting::Seen(_)),
             "a poll begun after the change is trusted again"
         );
+    }
+
+    #[tokio::test]
+    async fn instances_in_transition_cost_one_describe_per_batch_however_many_wait() {
+        const SHOWN: &str = "i-0aaaaaaaaaaaaaaaa";
+        const NOT_YET: &str = "i-0bbbbbbbbbbbbbbbb";
+        let batch = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| {
+                r.filters()
+                    .iter()
+                    .any(|f| f.name() == Some("instance-id") && f.values().len() == 2)
+            })
+            .then_output(|| page(&[SHOWN], None));
+        let stopped = mock!(aws_sdk_ec2::Client::stop_instances)
+            .then_output(|| aws_sdk_ec2::operation::stop_instances::StopInstancesOutput::builder().build());
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&batch, &stopped]));
+        assert_eq!(inventory.watch("us-east-1", SHOWN), Watched::Pending, "no batch yet");
+        assert_eq!(inventory.watch("us-east-1", NOT_YET), Watched::Pending);
+
+        inventory.describe_watched().await;
+        assert_eq!(batch.num_calls(), 1, "both in one call");
+        assert!(matches!(inventory.watch("us-east-1", SHOWN), Watched::Seen(i) if i.id == SHOWN));
+        assert_eq!(
+            inventory.watch("us-east-1", NOT_YET),
+            Watched::Missing,
+            "asked, not shown"
+        );
+
+        let ec2 = inventory.ec2.client("us-east-1");
+        ec2.execute(&Step::Stop(SHOWN.into())).await.unwrap();
+        assert_eq!(
+            inventory.watch("us-east-1", SHOWN),
+            Watched::Pending,
+            "changed since the batch"
+        );
+        inventory.describe_watched().await;
+        assert!(
+            matches!(inventory.watch("us-east-1", SHOWN), Watched::Seen(_)),
+            "a later batch is trusted"
+        );
+
+        inventory.unwatch("us-east-1", SHOWN);
+        inventory.unwatch("us-east-1", NOT_YET);
+        inventory.describe_watched().await;
+        assert_eq!(batch.num_calls(), 2, "settled instances cost nothing");
     }
 
     #[tokio::test]

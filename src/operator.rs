@@ -97,6 +97,7 @@ async fn work(
             Ok(())
         }
         _ = ctx.inventory.run(polled) => Ok(()),
+        _ = ctx.inventory.run_watch() => Ok(()),
         _ = orphans.run() => Ok(()),
         // Crash-only: a replica that lost the lease exits and comes back standing by.
         _ = lost => Err(anyhow::anyhow!("lost the leader lease")),

@@ -18,7 +18,7 @@ use crate::decide::{self, Desired, Readiness, Recorded};
 use crate::ec2::{Ec2, Ec2Regions};
 use crate::error::{AwsFault, Error, Result};
 use crate::events::Reason;
-use crate::inventory::{Inventory, Sighting};
+use crate::inventory::{Inventory, Sighting, WATCH_INTERVAL, Watched};
 use crate::metrics::Metrics;
 use crate::model::{ObservedInstance, Owner, Step};
 use crate::status;
@@ -203,7 +203,13 @@ impl<'a> Reconciler<'a> {
     async fn apply(&self) -> Result<Action> {
         let steady = decide::is_steady(&self.obj);
         let Some((observed, extras)) = self.observe(steady).await? else {
-            return Ok(Action::requeue(self.ctx.timing.poll_interval));
+            // Waiting for the next poll (steady) or the next batch of instances in transition.
+            let wait = if steady {
+                self.ctx.timing.poll_interval
+            } else {
+                WATCH_INTERVAL * 2
+            };
+            return Ok(Action::requeue(wait));
         };
         let desired = Desired {
             spec: &self.obj.spec,
@@ -221,6 +227,9 @@ impl<'a> Reconciler<'a> {
         let current = self.execute(&steps, observed).await?;
         let readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
         let settled = readiness.ready && steps.is_empty();
+        if settled && let Some(instance) = &current {
+            self.ctx.inventory.unwatch(&self.region, &instance.id);
+        }
         let ready = readiness.ready;
         let applied = decide::applied_tag_keys(&self.obj.spec);
         let mut status = self.next_status(current.as_ref(), applied, readiness);
@@ -237,7 +246,8 @@ impl<'a> Reconciler<'a> {
     }
 
     /// The instance to manage and any other live instances of this owner, from the inventory
-    /// for an object that matched its spec, else from EC2. `None`: wait for the next poll.
+    /// for an object that matched its spec, else from the batched describe of instances in
+    /// transition, else from EC2. `None`: wait for the next poll or batch.
     async fn observe(&self, steady: bool) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
         let found = match self.status_id() {
             Some(id) if steady => match self.ctx.inventory.lookup(&self.region, id) {
@@ -247,6 +257,18 @@ impl<'a> Reconciler<'a> {
                 }
                 Sighting::Seen(_) | Sighting::AskEc2 => self.find().await?,
                 Sighting::WaitForPoll => return Ok(None),
+            },
+            // In transition: the batched describe of every watched instance, not a call of its own.
+            Some(id) => match self.ctx.inventory.watch(&self.region, id) {
+                Watched::Seen(instance) if decide::belongs_to(&instance, &self.owner) => {
+                    let siblings = self.ctx.inventory.siblings(&self.region, &self.owner.uid, id);
+                    (Some(*instance), siblings)
+                }
+                // Launched moments ago and not shown yet: the plan waits for it.
+                Watched::Missing if self.recorded.fresh() => (None, Vec::new()),
+                // Gone, or not this object's: the recovery path (by id, then by owner tag).
+                Watched::Seen(_) | Watched::Missing => self.find().await?,
+                Watched::Pending => return Ok(None),
             },
             // No instance recorded: the fleet poll shows any instance a predecessor launched and
             // recorded nowhere. One launched moments ago, too new for the poll (or for a tag
@@ -259,7 +281,6 @@ impl<'a> Reconciler<'a> {
                 Some(_) => self.find().await?,
                 None => return Ok(None),
             },
-            _ => self.find().await?,
         };
         let new: Vec<&str> = found
             .1
@@ -308,6 +329,9 @@ impl<'a> Reconciler<'a> {
         }
         self.execute(&cleanup.steps, None).await?;
         if cleanup.release {
+            if let Some(id) = self.status_id() {
+                self.ctx.inventory.unwatch(&self.region, id);
+            }
             if cleanup.steps.is_empty()
                 && self.obj.spec.deletion_policy == DeletionPolicy::Delete
                 && let Some(instance) = owned.first()
@@ -360,17 +384,18 @@ impl<'a> Reconciler<'a> {
         Ok(decide::choose(self.describe_known(false).await?, self.status_id()))
     }
 
-    /// Every instance of this object while it is being deleted: the status's own from EC2, the
-    /// others from the fleet poll (a deletion waits several passes for termination; an
+    /// Every instance of this object while it is being deleted: the status's own from the
+    /// batched describe of instances in transition, the others from the fleet poll (a deletion waits several passes for termination; an
     /// owner-tag query on each would cost a call per pass and object). While the poll is
     /// failing, the deletion waits for it.
     async fn owned_while_deleting(&self) -> Result<Vec<ObservedInstance>> {
         let Some(polled) = self.ctx.inventory.owned(&self.region, &self.owner.uid) else {
             return Err(Error::Waiting("waiting for a fresh poll of EC2".into()));
         };
-        let mut found = match self.status_id() {
-            Some(id) => decide::owned(self.ec2.describe_by_ids(&[id.to_owned()]).await?, &self.owner),
-            None => Vec::new(),
+        let mut found = match self.status_id().map(|id| self.ctx.inventory.watch(&self.region, id)) {
+            Some(Watched::Seen(instance)) => decide::owned(vec![*instance], &self.owner),
+            Some(Watched::Pending) => return Err(Error::Waiting("waiting for EC2 to show the instance".into())),
+            Some(Watched::Missing) | None => Vec::new(),
         };
         for instance in polled {
             if !found.iter().any(|f| f.id == instance.id) {
@@ -441,7 +466,24 @@ mod tests {
 
     /// The inventory's DescribeInstances: one filter, this cluster's id.
     fn fleet_poll(r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesInput) -> bool {
-        r.instance_ids().is_empty() && r.filters().len() == 1
+        r.filters().len() == 1 && r.filters()[0].name() == Some("tag:k106.com/cluster-id")
+    }
+
+    /// A DescribeInstances of given instances: by id, or the batch of instances in transition.
+    fn by_id(r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesInput) -> bool {
+        !r.instance_ids().is_empty() || watched_batch(r)
+    }
+
+    /// The batched DescribeInstances of the instances in transition (an `instance-id` filter).
+    fn watched_batch(r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesInput) -> bool {
+        r.filters().iter().any(|f| f.name() == Some("instance-id"))
+    }
+
+    /// The context after one batch that asked for `id`, as for an object in transition.
+    async fn in_transition(ctx: Arc<Context>, id: &str) -> Arc<Context> {
+        ctx.inventory.watch("us-east-1", id);
+        ctx.inventory.describe_watched().await;
+        ctx
     }
 
     /// One object's DescribeInstances by its owner tag.
@@ -546,12 +588,20 @@ mod tests {
         let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(|r| !r.instance_ids().is_empty())
             .then_error(|| DescribeInstancesError::generic(not_found()));
+        let batch = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(watched_batch)
+            .then_output(|| described(vec![]));
         let by_owner = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
         let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &launch]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&batch, &by_id, &by_owner, &launch]);
         let (client, _server) = ApiServer::start(obj.clone());
 
-        let action = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        let action = reconcile(
+            Arc::new(obj),
+            in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(launch.num_calls(), 0, "NotFound right after a launch is not 'gone'");
         assert_eq!(
@@ -573,16 +623,22 @@ mod tests {
         let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(|r| !r.instance_ids().is_empty())
             .then_error(|| DescribeInstancesError::generic(not_found()));
+        let batch = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(watched_batch)
+            .then_output(|| described(vec![]));
         let by_owner = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
         let terminate = mock!(aws_sdk_ec2::Client::terminate_instances)
             .match_requests(|r| r.instance_ids() == ["i-0aaaaaaaaaaaaaaaa".to_owned()])
             .then_error(|| TerminateInstancesError::generic(not_found()));
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &terminate]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&batch, &by_id, &by_owner, &terminate]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        reconcile(Arc::new(obj), polled(context(client, ec2)).await)
-            .await
-            .unwrap();
+        reconcile(
+            Arc::new(obj),
+            polled(in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await).await,
+        )
+        .await
+        .unwrap();
 
         assert_eq!(terminate.num_calls(), 1, "the unseen instance is terminated anyway");
         let finalizer_removed = server
@@ -603,7 +659,7 @@ mod tests {
                 ..Default::default()
             });
         let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| !r.instance_ids().is_empty())
+            .match_requests(by_id)
             .then_output(|| {
                 described(vec![sdk_instance(
                     THEIRS,
@@ -622,7 +678,9 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &launch, &retag]);
         let (client, _server) = ApiServer::start(obj.clone());
 
-        reconcile(Arc::new(obj), context(client, ec2)).await.unwrap();
+        reconcile(Arc::new(obj), in_transition(context(client, ec2), THEIRS).await)
+            .await
+            .unwrap();
 
         assert_eq!(retag.num_calls(), 0, "never retag another object's instance");
         assert_eq!(launch.num_calls(), 1, "this object gets its own instance");
@@ -647,7 +705,7 @@ mod tests {
         let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&died, &launch]);
         let (client, server) = ApiServer::start(obj.clone());
-        let ctx = context(client, ec2);
+        let ctx = in_transition(context(client, ec2), DIED).await;
 
         // Not steady (it never became Ready): the reconcile asks EC2 and sees it dead.
         let mut launching = obj.clone();
@@ -690,7 +748,9 @@ mod tests {
         );
         let (client, _server) = ApiServer::start(obj.clone());
 
-        let err = reconcile(Arc::new(obj), context(client, ec2)).await.unwrap_err();
+        let err = reconcile(Arc::new(obj), in_transition(context(client, ec2), ID).await)
+            .await
+            .unwrap_err();
 
         assert!(!err.is_transient(), "{err}");
         assert!(err.to_string().contains("t9.nope"), "{err}");
@@ -824,23 +884,22 @@ mod tests {
         let poll = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(fleet_poll)
             .then_output(move || instance(InstanceStateName::ShuttingDown));
-        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| !r.instance_ids().is_empty())
+        let shown = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(by_id)
             .then_output(move || instance(InstanceStateName::ShuttingDown));
         let by_tag = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(owner_query)
             .then_output(move || instance(InstanceStateName::Terminated));
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &by_id, &by_tag]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &shown, &by_tag]);
         let (client, _server) = ApiServer::start(obj.clone());
-        let ctx = context(client, ec2);
-        ctx.inventory.refresh().await.unwrap();
+        let ctx = polled(in_transition(context(client, ec2), "i-0ccccccccccccccccc").await).await;
 
         let waiting = reconcile(Arc::new(obj.clone()), ctx).await.unwrap();
         assert_eq!(waiting, Action::requeue(Duration::from_secs(5)), "shutting down: wait");
         assert_eq!(
-            (by_id.num_calls(), by_tag.num_calls()),
+            (shown.num_calls(), by_tag.num_calls()),
             (1, 0),
-            "one call by id per pass"
+            "the batch, no call of its own"
         );
 
         // Terminated: the owner-tag query confirms nothing else lives, then the finalizer goes.
@@ -848,16 +907,15 @@ mod tests {
         let poll = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(fleet_poll)
             .then_output(terminated);
-        let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| !r.instance_ids().is_empty())
+        let shown = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(by_id)
             .then_output(terminated);
         let by_tag = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(owner_query)
             .then_output(terminated);
-        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &by_id, &by_tag]);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &shown, &by_tag]);
         let (client, server) = ApiServer::start(obj.clone());
-        let ctx = context(client, ec2);
-        ctx.inventory.refresh().await.unwrap();
+        let ctx = polled(in_transition(context(client, ec2), "i-0ccccccccccccccccc").await).await;
 
         reconcile(Arc::new(obj), ctx).await.unwrap();
         assert_eq!(by_tag.num_calls(), 1, "EC2 itself is asked before the release");
