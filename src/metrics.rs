@@ -15,6 +15,11 @@ struct ErrorLabel {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BuildLabel {
+    version: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ActionLabel {
     action: &'static str,
 }
@@ -42,6 +47,13 @@ impl Default for Metrics {
         let inventory_instances = Gauge::default();
         let inventory_refresh_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
         let orphaned_instances = Gauge::default();
+        let build_info = Family::<BuildLabel, Gauge>::default();
+        build_info
+            .get_or_create(&BuildLabel {
+                version: env!("CARGO_PKG_VERSION"),
+            })
+            .set(1);
+        registry.register("build_info", "The running build (always 1)", build_info);
         registry.register("reconciles", "Reconciliations run", reconciles.clone());
         registry.register(
             "reconcile_duration_seconds",

@@ -81,7 +81,7 @@ async fn apply_reaches_ready_with_status_columns_and_events() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
-async fn ready_only_with_a_fresh_view_of_ec2_and_json_logs_name_the_object() {
+async fn ready_only_with_a_fresh_view_of_ec2_metrics_in_openmetrics_and_json_logs_name_the_object() {
     let bed = Bed::connect().await;
     let ns = bed.namespace("probes").await;
     // EC2 unreachable (a closed loopback port): alive, but not ready.
@@ -99,6 +99,17 @@ async fn ready_only_with_a_fresh_view_of_ec2_and_json_logs_name_the_object() {
         (operator.probe("/readyz").await == 200).then_some(())
     })
     .await;
+    let metrics = operator.get("/metrics").await;
+    let head = metrics.split("\r\n\r\n").next().unwrap_or_default().to_lowercase();
+    assert!(
+        head.contains("content-type: application/openmetrics-text; version=1.0.0"),
+        "{head}"
+    );
+    assert!(
+        metrics.contains("ec2_operator_build_info{version=\""),
+        "build_info is served"
+    );
+    assert!(metrics.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
     bed.create(&ns, "traced", json!({})).await;
     bed.ready(&ns, "traced").await;
     let launched = operator

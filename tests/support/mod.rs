@@ -336,6 +336,11 @@ impl Operator {
             .unwrap_or_else(|| panic!("no HTTP status line in: {answer}"))
     }
 
+    /// The raw HTTP answer of an admin endpoint, headers included.
+    pub async fn get(&self, path: &str) -> String {
+        http_get(self.admin_port, path).await
+    }
+
     /// The operator's log so far.
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
