@@ -366,6 +366,13 @@ pub fn choose(
     (chosen, extras)
 }
 
+/// `steps` terminate the instance the status names.
+pub fn terminates(steps: &[Step], status_id: Option<&str>) -> bool {
+    steps
+        .iter()
+        .any(|step| matches!(step, Step::Terminate(id) if Some(id.as_str()) == status_id))
+}
+
 /// A plan not to carry out: it stops the instance for a change, and a terminal error already
 /// stopped this generation (a type the AMI cannot run, say). The instance keeps running on its
 /// old settings, Stalled says why, and a spec change tries again. Without this, every retry

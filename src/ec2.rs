@@ -399,11 +399,15 @@ impl Ec2 {
     /// Terminating an instance EC2 no longer knows succeeds.
     async fn terminate(&self, id: &str) -> Result<()> {
         self.count("TerminateInstances");
-        match self.client.terminate_instances().instance_ids(id).send().await {
-            Ok(_) => Ok(()),
-            Err(err) if is_unknown_instance(&err) => Ok(()),
-            Err(err) => Err(fault("TerminateInstances", err)),
-        }
+        // An instance EC2 does not know (not shown yet) is an error, retried: success means EC2
+        // knows the instance, which the reconcile records (Recorded::seen).
+        self.client
+            .terminate_instances()
+            .instance_ids(id)
+            .send()
+            .await
+            .map(drop)
+            .map_err(|err| fault("TerminateInstances", err))
     }
 
     /// One ModifyInstanceAttribute call (EC2 takes one attribute per call).
@@ -682,11 +686,12 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn terminating_an_instance_ec2_no_longer_knows_succeeds() {
+    async fn terminating_an_instance_ec2_does_not_know_yet_is_tried_again_not_taken_as_done() {
         let rule = mock!(aws_sdk_ec2::Client::terminate_instances)
             .then_error(|| TerminateInstancesError::generic(meta("InvalidInstanceID.NotFound")));
         let ec2 = ec2(mock_client!(aws_sdk_ec2, [&rule]));
-        ec2.terminate("i-0123456789abcdef0").await.unwrap();
+        let err = ec2.terminate("i-0123456789abcdef0").await.unwrap_err();
+        assert!(err.is_transient(), "{err}");
     }
 
     #[tokio::test]

@@ -20,7 +20,7 @@ use crate::error::{AwsFault, Error, Result};
 use crate::events::Reason;
 use crate::inventory::{Inventory, Sighting, WATCH_INTERVAL, Watched};
 use crate::metrics::Metrics;
-use crate::model::{ObservedInstance, Owner, Step};
+use crate::model::{InstanceState, ObservedInstance, Owner, Step};
 use crate::status;
 
 pub const FINALIZER: &str = "k106.com/terminate-instance";
@@ -347,7 +347,12 @@ impl<'a> Reconciler<'a> {
         let ids: Vec<&str> = cleanup.steps.iter().filter_map(Step::instance_id).collect();
         let what = format!("terminating {ids:?}");
         let readiness = Readiness::not_ready("Deleting", what.clone());
-        let status = self.next_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness);
+        let mut status = self.next_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness);
+        if owned.is_empty() && decide::terminates(&cleanup.steps, self.status_id()) {
+            // EC2 accepted it, so it knows it: once describe stops showing it (terminated long
+            // enough ago), it is gone, not still on its way (Recorded::seen).
+            status.state = Some(InstanceState::ShuttingDown.as_str().into());
+        }
         status::write(&self.api, &self.obj, status).await?;
         Err(Error::Waiting(what))
     }
@@ -633,19 +638,58 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&batch, &by_id, &by_owner, &terminate]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        reconcile(
+        let err = reconcile(
             Arc::new(obj),
             polled(in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await).await,
         )
         .await
-        .unwrap();
+        .unwrap_err();
 
+        assert!(err.is_transient(), "NotFound for a new instance is tried again: {err}");
         assert_eq!(terminate.num_calls(), 1, "the unseen instance is terminated anyway");
         let finalizer_removed = server
             .requests()
             .iter()
             .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
         assert!(!finalizer_removed, "the finalizer stays until EC2 shows it terminated");
+    }
+
+    #[tokio::test]
+    async fn an_unseen_instance_ec2_accepted_to_terminate_is_released_once_ec2_forgets_it() {
+        let mut obj = just_launched("i-0aaaaaaaaaaaaaaaa");
+        obj.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
+        let terminated = || aws_sdk_ec2::operation::terminate_instances::TerminateInstancesOutput::builder().build();
+        let nothing = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let terminate = mock!(aws_sdk_ec2::Client::terminate_instances).then_output(terminated);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&nothing, &terminate]);
+        let (client, server) = ApiServer::start(obj.clone());
+        let ctx = polled(in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await).await;
+
+        reconcile(Arc::new(obj.clone()), ctx).await.unwrap();
+        assert_eq!(
+            terminate.num_calls(),
+            1,
+            "the instance no describe showed yet is terminated"
+        );
+        let written = &server.status_patches()[0]["status"];
+        assert_eq!(written["state"], "shutting-down", "EC2 accepted it: it exists");
+
+        // EC2 has forgotten it since (terminated long enough ago): gone, not still on its way.
+        obj.status.as_mut().unwrap().state = Some("shutting-down".into());
+        let nothing = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let terminate = mock!(aws_sdk_ec2::Client::terminate_instances).then_output(terminated);
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&nothing, &terminate]);
+        let (client, server) = ApiServer::start(obj.clone());
+        let ctx = polled(in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await).await;
+        reconcile(Arc::new(obj), ctx).await.unwrap();
+        assert_eq!(terminate.num_calls(), 0, "not terminated again and again");
+        let released = server
+            .requests()
+            .iter()
+            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        assert!(released, "the finalizer is removed");
     }
 
     #[tokio::test]
