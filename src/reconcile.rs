@@ -118,10 +118,10 @@ impl Context {
 // `object`, not `name`: a JSON log line already uses `name` for the span's own name.
 #[instrument(skip_all, fields(namespace = %obj.namespace().unwrap_or_default(), object = %obj.name_any()))]
 pub async fn reconcile(obj: Arc<Ec2Instance>, ctx: Arc<Context>) -> Result<Action> {
-    // Whatever triggered it, a failing object waits out its backoff; a deletion does not wait.
-    if obj.metadata.deletion_timestamp.is_none()
-        && let Some(wait) = ctx.backoff.remaining(&obj)
-    {
+    // Whatever triggered it, a failing object waits out its backoff, a failing deletion too (or
+    // every poll and status write would retry it). Starting a deletion bumps the generation, so
+    // the first pass of a deletion is never held back by an earlier failure.
+    if let Some(wait) = ctx.backoff.remaining(&obj) {
         return Ok(Action::requeue(wait));
     }
     let started = Instant::now();
