@@ -194,6 +194,13 @@ impl ApiServer {
         self.requests.lock().unwrap().clone()
     }
 
+    /// Whether the object itself (not its status) was patched: the finalizer's removal.
+    pub fn finalizer_removed(&self) -> bool {
+        self.requests()
+            .iter()
+            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"))
+    }
+
     pub fn status_patches(&self) -> Vec<serde_json::Value> {
         self.requests()
             .into_iter()

@@ -647,10 +647,7 @@ mod tests {
 
         assert!(err.is_transient(), "NotFound for a new instance is tried again: {err}");
         assert_eq!(terminate.num_calls(), 1, "the unseen instance is terminated anyway");
-        let finalizer_removed = server
-            .requests()
-            .iter()
-            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        let finalizer_removed = server.finalizer_removed();
         assert!(!finalizer_removed, "the finalizer stays until EC2 shows it terminated");
     }
 
@@ -685,10 +682,7 @@ mod tests {
         let ctx = polled(in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await).await;
         reconcile(Arc::new(obj), ctx).await.unwrap();
         assert_eq!(terminate.num_calls(), 0, "not terminated again and again");
-        let released = server
-            .requests()
-            .iter()
-            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        let released = server.finalizer_removed();
         assert!(released, "the finalizer is removed");
     }
 
@@ -903,10 +897,7 @@ mod tests {
             "termination is checked again soon"
         );
         assert_eq!(terminate.num_calls(), 1);
-        let finalizer_removed = server
-            .requests()
-            .iter()
-            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        let finalizer_removed = server.finalizer_removed();
         assert!(
             !finalizer_removed,
             "the finalizer stays while the instance is not terminated"
@@ -963,10 +954,7 @@ mod tests {
 
         reconcile(Arc::new(obj), ctx).await.unwrap();
         assert_eq!(by_tag.num_calls(), 1, "EC2 itself is asked before the release");
-        let released = server
-            .requests()
-            .iter()
-            .any(|(method, path, _)| method == http::Method::PATCH && path.ends_with("/ec2instances/web"));
+        let released = server.finalizer_removed();
         assert!(released, "the finalizer is removed");
     }
 
