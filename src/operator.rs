@@ -133,6 +133,8 @@ type Lease = (
     tokio::task::JoinHandle<kube_lease_manager::Result<kube_lease_manager::LeaseManager>>,
 );
 
+const LAST_APPLIED: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
 /// The controller over the watched objects, and a flag raised once their first list is in.
 fn controller(settings: &Settings, client: Client) -> (Controller<Ec2Instance>, Arc<AtomicBool>) {
     let api: Api<Ec2Instance> = match &settings.namespace {
@@ -148,7 +150,13 @@ fn controller(settings: &Settings, client: Client) -> (Controller<Ec2Instance>, 
     let synced = Arc::new(AtomicBool::new(false));
     let listed = synced.clone();
     let (reader, writer) = reflector::store();
-    let objects = reflector(writer, watcher(api, watch))
+    // The cache keeps what reconcile reads: managedFields and kubectl's last-applied copy are
+    // most of an object's bytes and none of its meaning, so they never enter memory twice.
+    let watched = watcher(api, watch).modify(|object| {
+        object.managed_fields_mut().clear();
+        object.annotations_mut().remove(LAST_APPLIED);
+    });
+    let objects = reflector(writer, watched)
         .inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
                 listed.store(true, Ordering::Relaxed);
