@@ -2,10 +2,10 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status demo test test-chaos unit lint fmt crds build
+.PHONY: help up down status demo test test-chaos bench bench-peers unit lint fmt crds build
 
 help: ## List the targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
 
 up: ## Start the test bed (kube-apiserver + etcd, LocalStack EC2) or reuse it
 	@hack/bed.sh up
@@ -24,6 +24,12 @@ test: ## All tests: unit, mocks, CRD staleness, end-to-end on the test bed
 
 test-chaos: ## 200 objects under EC2 faults, operator kills, API server and LocalStack outages
 	@hack/test.sh chaos
+
+bench: ## Fleet benchmark (N=1000; N=100 is quick): prints a table, writes bench/results/
+	@hack/bench.sh fleet
+
+bench-peers: ## The same fleet with ACK's ec2-controller v1.9.2, side by side
+	@hack/bench.sh peers
 
 unit: ## Fast tests only (no test bed)
 	cargo test --all-targets --locked

@@ -28,7 +28,7 @@ wait "$build"
 eval "$(hack/bed.sh env)"
 case "${1:-all}" in
   # Unit tests, mocks, CRD staleness, then the end-to-end tests against the bed.
-  all) cargo test --all-targets --locked -- --include-ignored --skip chaos_ --test-threads "${TEST_THREADS:-4}" ;;
+  all) cargo test --all-targets --locked -- --include-ignored --skip chaos_ --skip bench_ --test-threads "${TEST_THREADS:-4}" ;;
   chaos) cargo test --test chaos --locked -- --include-ignored --nocapture ;;
   *) die "usage: $0 [all|chaos]" ;;
 esac

@@ -281,6 +281,24 @@ impl Operator {
     }
 
     fn spawn(namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
+        // Short intervals, so the tests see drift and transitions within seconds.
+        let tuned = ["--poll-interval-seconds", "2", "--transition-interval-seconds", "1"];
+        let args: Vec<&str> = tuned.iter().chain(extra).copied().collect();
+        Self::spawn_bin(
+            env!("CARGO_BIN_EXE_ec2-operator"),
+            namespace,
+            &args,
+            env,
+            "info,ec2_operator=debug",
+        )
+    }
+
+    /// This operator binary (e.g. the release build) with its default intervals, as users run it.
+    pub fn start_bin(bin: &str, namespace: &str, extra: &[&str], env: &[(&str, &str)]) -> Operator {
+        Self::spawn_bin(bin, namespace, extra, env, "info")
+    }
+
+    fn spawn_bin(bin: &str, namespace: &str, extra: &[&str], env: &[(&str, &str)], log_level: &str) -> Operator {
         let admin_port = free_port();
         let dir = PathBuf::from(ROOT).join(".cache/e2e-logs");
         std::fs::create_dir_all(&dir).unwrap();
@@ -288,19 +306,22 @@ impl Operator {
         // The operator talks to the AWS-strict EC2 in front of LocalStack; the tests check the
         // outcome straight at LocalStack (AWS_ENDPOINT_URL), which is consistent at once.
         let strict = var("STRICT_EC2_ENDPOINT");
-        let child = Command::new(env!("CARGO_BIN_EXE_ec2-operator"))
+        let child = Command::new(bin)
             .env("AWS_ENDPOINT_URL", strict)
             .envs(env.iter().copied())
             .args(["--namespace", namespace, "--cluster-id", &format!("e2e-{namespace}")])
             .args(["--admin-addr", &format!("127.0.0.1:{admin_port}")])
-            .args(["--poll-interval-seconds", "2", "--transition-interval-seconds", "1"])
             .args(extra)
-            .env("RUST_LOG", "info,ec2_operator=debug")
+            .env("RUST_LOG", log_level)
             .stdout(Stdio::from(std::fs::File::create(&log).unwrap()))
             .stderr(Stdio::from(std::fs::File::options().append(true).open(&log).unwrap()))
             .spawn()
             .expect("operator starts");
         Operator { child, admin_port, log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// SIGTERM, as Kubernetes stops a pod, and the exit status once it has ended.
