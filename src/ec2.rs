@@ -5,18 +5,24 @@
 //!
 //! To add an EC2 call: add a `Step` in `model.rs`, decide it in `decide.rs`, call it here.
 //! Tests substitute the SDK client (aws-smithy-mocks), not this type.
+//!
+//! Every client also carries [`CountAttempts`], which counts each HTTP attempt by outcome,
+//! including the SDK's own retries that no call here sees.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_sdk_ec2::config::http::HttpResponse;
-use aws_sdk_ec2::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_ec2::config::interceptors::FinalizerInterceptorContextRef;
+use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
+use aws_sdk_ec2::error::{BoxError, ErrorMetadata, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
     AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
     InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, ResourceType,
     SecureBlobAttributeValue, Tag, TagSpecification,
 };
+use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use base64::Engine as _;
 
 use crate::error::{AwsFault, Error, Result};
@@ -98,9 +104,11 @@ impl Ec2Regions {
 
     /// Clients for the SDK config's credentials and endpoint, one per region.
     pub fn from_sdk_config(config: aws_config::SdkConfig, default_region: String, metrics: Arc<Metrics>) -> Self {
+        let attempts = CountAttempts(metrics.clone());
         Self::new(default_region, metrics, move |region| {
             let conf = aws_sdk_ec2::config::Builder::from(&config)
                 .region(aws_sdk_ec2::config::Region::new(region.to_owned()))
+                .interceptor(attempts.clone())
                 .build();
             aws_sdk_ec2::Client::from_conf(conf)
         })
@@ -133,6 +141,60 @@ impl Ec2Regions {
             changes: self.changes.clone(),
             instance_types: self.instance_types.clone(),
         }
+    }
+}
+
+/// Counts every EC2 attempt, SDK retries included, by operation and outcome, when its answer or
+/// failure arrives: the throttling and retries behind one call are seen only here.
+#[derive(Clone, Debug)]
+pub struct CountAttempts(pub Arc<Metrics>);
+
+impl Intercept for CountAttempts {
+    fn name(&self) -> &'static str {
+        "CountAttempts"
+    }
+
+    fn read_after_attempt(
+        &self,
+        context: &FinalizerInterceptorContextRef<'_>,
+        _: &RuntimeComponents,
+        cfg: &mut ConfigBag,
+    ) -> Result<(), BoxError> {
+        let operation = cfg.load::<Metadata>().map_or("unknown", Metadata::name);
+        self.0.ec2_attempt(operation, attempt_outcome(context));
+        Ok(())
+    }
+}
+
+/// `ok`, EC2's error code (`RequestLimitExceeded`), or the kind of failure that left none:
+/// `timeout`, `io`, `connector`, or the HTTP status class (`http_5xx`) of an answer without a code.
+fn attempt_outcome(context: &FinalizerInterceptorContextRef<'_>) -> String {
+    let err = match context.output_or_error() {
+        Some(Ok(_)) => return "ok".into(),
+        Some(Err(err)) => err,
+        None => return "unknown".into(),
+    };
+    if err.is_timeout_error() {
+        return "timeout".into();
+    }
+    if let Some(connector) = err.as_connector_error() {
+        return match () {
+            _ if connector.is_timeout() => "timeout",
+            _ if connector.is_io() => "io",
+            _ => "connector",
+        }
+        .into();
+    }
+    // EC2 models no errors: every operation's error wraps the parsed code as its source.
+    let code = err.as_operation_error().and_then(|err| {
+        std::iter::successors(Some(err as &(dyn std::error::Error + 'static)), |e| e.source())
+            .find_map(|e| e.downcast_ref::<ErrorMetadata>()?.code())
+    });
+    let status = context.response().map(|r| r.status().as_u16());
+    match (code, status) {
+        (Some(code), _) => code.to_owned(),
+        (None, Some(status)) => format!("http_{}xx", status / 100),
+        (None, None) => "other".into(),
     }
 }
 
@@ -686,6 +748,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn every_attempt_is_counted_with_its_outcome_sdk_retries_included() {
+        use aws_sdk_ec2::config::retry::RetryConfig;
+        use aws_sdk_ec2::operation::stop_instances::StopInstancesOutput;
+        // EC2's own throttling answer, parsed by the SDK as in production.
+        let throttled = "<Response><Errors><Error><Code>RequestLimitExceeded</Code><Message>Request limit \
+                         exceeded.</Message></Error></Errors><RequestID>r</RequestID></Response>";
+        let throttled_then_ok = mock!(aws_sdk_ec2::Client::stop_instances)
+            .sequence()
+            .http_status(503, Some(throttled.into()))
+            .output(|| StopInstancesOutput::builder().build())
+            .build();
+        let metrics = Arc::new(Metrics::default());
+        let attempts = CountAttempts(metrics.clone());
+        let client = mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&throttled_then_ok], move |conf| {
+            let retry = RetryConfig::standard().with_initial_backoff(Duration::from_millis(1));
+            conf.interceptor(attempts.clone()).retry_config(retry)
+        });
+        let ec2 = Ec2 { metrics, ..ec2(client) };
+
+        ec2.stop("i-0123456789abcdef0").await.unwrap();
+
+        assert_eq!(
+            throttled_then_ok.num_calls(),
+            2,
+            "the SDK retried the throttled attempt"
+        );
+        let rendered = ec2.metrics.render();
+        for line in [
+            "ec2_operator_ec2_requests_total{operation=\"StopInstances\"} 1",
+            "ec2_operator_ec2_attempts_total{operation=\"StopInstances\",outcome=\"RequestLimitExceeded\"} 1",
+            "ec2_operator_ec2_attempts_total{operation=\"StopInstances\",outcome=\"ok\"} 1",
+        ] {
+            assert!(rendered.contains(line), "{line} in\n{rendered}");
+        }
+    }
+
+    #[tokio::test]
     async fn terminating_an_instance_ec2_does_not_know_yet_is_tried_again_not_taken_as_done() {
         let rule = mock!(aws_sdk_ec2::Client::terminate_instances)
             .then_error(|| TerminateInstancesError::generic(meta("InvalidInstanceID.NotFound")));
@@ -748,20 +847,25 @@ mod tests {
                 held.push(socket);
             }
         });
+        let metrics = Arc::new(Metrics::default());
         let conf = aws_sdk_ec2::Config::builder()
             .behavior_version(aws_sdk_ec2::config::BehaviorVersion::latest())
             .region(aws_sdk_ec2::config::Region::new("us-east-1"))
             .credentials_provider(aws_sdk_ec2::config::Credentials::new("a", "b", None, None, "test"))
             .endpoint_url(endpoint)
             .timeout_config(timeout_config(Duration::from_millis(300)))
+            .interceptor(CountAttempts(metrics.clone()))
             .build();
+        let ec2 = Ec2 {
+            metrics,
+            ..ec2(aws_sdk_ec2::Client::from_conf(conf))
+        };
         let started = Instant::now();
-        let err = ec2(aws_sdk_ec2::Client::from_conf(conf))
-            .describe_by_tags(&[("k", "v")])
-            .await
-            .unwrap_err();
+        let err = ec2.describe_by_tags(&[("k", "v")]).await.unwrap_err();
         assert!(started.elapsed() < Duration::from_secs(5), "{:?}", started.elapsed());
         assert!(fault_of(err).retryable, "a timeout is transient");
+        let timed_out = "ec2_operator_ec2_attempts_total{operation=\"DescribeInstances\",outcome=\"timeout\"}";
+        assert!(ec2.metrics.render().contains(timed_out), "{}", ec2.metrics.render());
         silent.abort();
     }
 }

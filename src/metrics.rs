@@ -1,4 +1,5 @@
-//! Prometheus metrics, served on the admin port at `/metrics`.
+//! Prometheus metrics, served on the admin port at `/metrics`. Each is fed where its fact is
+//! known, never kept twice: EC2 attempts by an SDK interceptor (`ec2::CountAttempts`).
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
@@ -7,6 +8,12 @@ use prometheus_client::registry::Registry;
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {
     operation: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AttemptLabels {
+    operation: String,
+    outcome: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -24,12 +31,14 @@ struct ActionLabel {
     action: &'static str,
 }
 
+#[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
     reconciles: Counter,
     reconcile_duration: Histogram,
     errors: Family<ErrorLabel, Counter>,
     ec2_requests: Family<OperationLabel, Counter>,
+    ec2_attempts: Family<AttemptLabels, Counter>,
     actions: Family<ActionLabel, Counter>,
     inventory_instances: Gauge,
     inventory_refresh_duration: Histogram,
@@ -43,6 +52,7 @@ impl Default for Metrics {
         let reconcile_duration = Histogram::new([0.01, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]);
         let errors = Family::default();
         let ec2_requests = Family::default();
+        let ec2_attempts = Family::default();
         let actions = Family::default();
         let inventory_instances = Gauge::default();
         let inventory_refresh_duration = Histogram::new([0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0]);
@@ -63,8 +73,14 @@ impl Default for Metrics {
         registry.register("errors", "Failed reconciliations by error label", errors.clone());
         registry.register(
             "ec2_requests",
-            "EC2 API requests sent, each page counted",
+            "EC2 API calls made, by operation, counted when sent: each page counts, SDK retries do not (see ec2_attempts)",
             ec2_requests.clone(),
+        );
+        registry.register(
+            "ec2_attempts",
+            "EC2 HTTP attempts, SDK retries included, by operation and outcome (ok; the AWS error code, \
+             e.g. RequestLimitExceeded; or timeout, io, http_5xx), counted when the answer or failure arrives",
+            ec2_attempts.clone(),
         );
         registry.register("actions", "Changes made to instances, by action", actions.clone());
         registry.register(
@@ -88,6 +104,7 @@ impl Default for Metrics {
             reconcile_duration,
             errors,
             ec2_requests,
+            ec2_attempts,
             actions,
             inventory_instances,
             inventory_refresh_duration,
@@ -108,6 +125,14 @@ impl Metrics {
 
     pub fn ec2_request(&self, operation: &'static str) {
         self.ec2_requests.get_or_create(&OperationLabel { operation }).inc();
+    }
+
+    pub fn ec2_attempt(&self, operation: &str, outcome: String) {
+        let labels = AttemptLabels {
+            operation: operation.to_owned(),
+            outcome,
+        };
+        self.ec2_attempts.get_or_create(&labels).inc();
     }
 
     pub fn action(&self, action: &'static str) {
