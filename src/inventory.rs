@@ -14,6 +14,7 @@ use tracing::{debug, warn};
 
 use crate::ec2::Ec2Regions;
 use crate::error::Result;
+use crate::metrics;
 use crate::model::{ObservedInstance, TAG_CLUSTER_ID, TAG_OWNER_UID};
 
 struct Snapshot {
@@ -109,9 +110,13 @@ impl Inventory {
         let unused_after = (self.poll_interval * 10).max(Duration::from_secs(600));
         let default = self.ec2.default_region();
         let mut state = self.state();
-        state
-            .regions
-            .retain(|region, used| region == default || used.elapsed() < unused_after);
+        state.regions.retain(|region, used| {
+            let keep = region == default || used.elapsed() < unused_after;
+            if !keep {
+                self.ec2.metrics().region_dropped(region);
+            }
+            keep
+        });
         let State { regions, snapshots, .. } = &mut *state;
         snapshots.retain(|region, _| regions.contains_key(region));
         regions.keys().cloned().collect()
@@ -250,6 +255,7 @@ impl Inventory {
         });
         let results = futures::future::join_all(batches).await;
         for ((region, ids), (started_at, result)) in asked.into_iter().zip(results) {
+            self.ec2.metrics().polled(&region, metrics::TRANSITIONS, result.is_ok());
             match result {
                 Ok(found) => {
                     let batch = Batch {
@@ -260,7 +266,6 @@ impl Inventory {
                     self.state().batches.insert(region, batch);
                 }
                 Err(err) => {
-                    self.ec2.metrics().error(err.metric_label());
                     warn!(%region, error = %err, "describing the instances in transition failed");
                 }
             }
@@ -295,7 +300,6 @@ impl Inventory {
             match result {
                 Ok(count) => (total, polled) = (total + count, polled + 1),
                 Err(err) => {
-                    self.ec2.metrics().error(err.metric_label());
                     warn!(%region, error = %err, "inventory poll failed");
                     last_error = Some(err);
                 }
@@ -326,7 +330,10 @@ impl Inventory {
             .ec2
             .client(region)
             .describe_by_tags(&[(TAG_CLUSTER_ID, &self.cluster_id)])
-            .await?;
+            .await;
+        self.ec2.metrics().polled(region, metrics::FLEET, found.is_ok());
+        let found = found?;
+        self.ec2.metrics().fleet_seen(region, &found);
         let count = found.len();
         let mut live_by_owner: HashMap<String, Vec<String>> = HashMap::new();
         for instance in found.iter().filter(|i| !i.state.is_dead()) {
@@ -464,6 +471,8 @@ mod tests {
         inventory.unwatch("us-east-1", NOT_YET);
         inventory.describe_watched().await;
         assert_eq!(batch.num_calls(), 2, "settled instances cost nothing");
+        let polls = "ec2_operator_inventory_polls_total{region=\"us-east-1\",poll=\"transitions\",result=\"ok\"} 2";
+        assert!(inventory.ec2.metrics().render().contains(polls));
     }
 
     #[tokio::test]
@@ -499,6 +508,24 @@ mod tests {
             Sighting::WaitForPoll
         );
         assert!(!inventory.is_ready(), "one region is not seen");
+
+        let metrics = inventory.ec2.metrics().render();
+        for line in [
+            "ec2_operator_inventory_polls_total{region=\"us-east-1\",poll=\"fleet\",result=\"ok\"} 1",
+            "ec2_operator_inventory_polls_total{region=\"eu-west-1\",poll=\"fleet\",result=\"error\"} 1",
+            "ec2_operator_inventory_last_success_timestamp_seconds{region=\"us-east-1\"} ",
+            "ec2_operator_instances{region=\"us-east-1\",state=\"running\"} 1",
+        ] {
+            assert!(metrics.contains(line), "{line} in\n{metrics}");
+        }
+        assert!(
+            !metrics.contains("last_success_timestamp_seconds{region=\"eu-west-1\"}"),
+            "never polled successfully"
+        );
+        assert!(
+            !metrics.contains("ec2_operator_errors_total{"),
+            "a failed poll is not a failed reconcile"
+        );
     }
 
     #[test]
