@@ -1,14 +1,24 @@
 //! Prometheus metrics, served on the admin port at `/metrics`. Each is fed where its fact is
 //! known, never kept twice: EC2 attempts by an SDK interceptor (`ec2::CountAttempts`), polls and
-//! instance counts by the inventory.
+//! instance counts by the inventory, and the objects by readiness straight from the
+//! controller's cache at each scrape.
 
+use std::fmt;
+use std::sync::OnceLock;
 use std::sync::atomic::AtomicU64;
+use std::time::Duration;
 
-use prometheus_client::encoding::EncodeLabelSet;
+use kube::runtime::reflector::Store;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::metrics::{counter::Counter, family::Family, gauge::Gauge, histogram::Histogram};
 use prometheus_client::registry::Registry;
 
+use crate::crd::Ec2Instance;
+use crate::decide::READY;
 use crate::model::{InstanceState, ObservedInstance};
+use crate::status::RECONCILING;
 
 /// The `poll` label: the tag-filtered poll of the whole fleet.
 pub const FLEET: &str = "fleet";
@@ -59,6 +69,12 @@ struct InstanceLabels {
     state: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReadinessLabels {
+    ready: String,
+    reason: String,
+}
+
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
@@ -74,6 +90,7 @@ pub struct Metrics {
     last_success: Family<RegionLabel, Gauge<f64, AtomicU64>>,
     instances: Family<InstanceLabels, Gauge>,
     orphaned_instances: Gauge,
+    objects: std::sync::Arc<Objects>,
 }
 
 impl Default for Metrics {
@@ -91,6 +108,7 @@ impl Default for Metrics {
         let last_success = Family::default();
         let instances = Family::default();
         let orphaned_instances = Gauge::default();
+        let objects = std::sync::Arc::new(Objects::default());
         let build_info = Family::<BuildLabel, Gauge>::default();
         build_info
             .get_or_create(&BuildLabel {
@@ -153,6 +171,7 @@ impl Default for Metrics {
             "Live instances of this cluster whose object is gone",
             orphaned_instances.clone(),
         );
+        registry.register_collector(Box::new(objects.clone()));
         Self {
             registry,
             reconciles,
@@ -167,6 +186,7 @@ impl Default for Metrics {
             last_success,
             instances,
             orphaned_instances,
+            objects,
         }
     }
 }
@@ -250,6 +270,11 @@ impl Metrics {
         self.orphaned_instances.set(count as i64);
     }
 
+    /// Count objects by readiness from the controller's cache (set once, by the leader's controller).
+    pub fn watch_objects(&self, store: Store<Ec2Instance>) {
+        let _ = self.objects.0.set(store);
+    }
+
     /// The registry in the Prometheus text format.
     pub fn render(&self) -> String {
         let mut out = String::new();
@@ -258,10 +283,125 @@ impl Metrics {
     }
 }
 
+/// The objects by readiness, computed from the controller's cache at each scrape: right after a
+/// restart or a deletion, with no count of its own to keep in step.
+#[derive(Debug, Default)]
+struct Objects(OnceLock<Store<Ec2Instance>>);
+
+impl Collector for Objects {
+    fn encode(&self, mut encoder: DescriptorEncoder) -> fmt::Result {
+        let objects = self.0.get().map(Store::state).unwrap_or_default();
+        let (by_readiness, longest) = readiness(objects.iter().map(AsRef::as_ref), jiff::Timestamp::now());
+        let family = Family::<ReadinessLabels, Gauge>::default();
+        for ((ready, reason), count) in by_readiness {
+            family.get_or_create(&ReadinessLabels { ready, reason }).set(count);
+        }
+        let help = "Ec2Instance objects by Ready condition status (True, False; Unknown before the \
+                    first status write, reason NoStatus) and reason, from the controller's cache";
+        family.encode(encoder.encode_descriptor("objects", help, None, family.metric_type())?)?;
+        let longest = ConstGauge::new(longest.as_secs_f64());
+        let help = "How long the object reconciling the longest has been so: since its Reconciling \
+                    condition turned True, or since its creation if it has no status yet (0: none is)";
+        let name = "objects_reconciling_longest_seconds";
+        longest.encode(encoder.encode_descriptor(name, help, None, longest.metric_type())?)
+    }
+}
+
+/// Objects counted by Ready status and reason, and the longest any has been reconciling.
+fn readiness<'a>(
+    objects: impl Iterator<Item = &'a Ec2Instance>,
+    now: jiff::Timestamp,
+) -> (std::collections::BTreeMap<(String, String), i64>, Duration) {
+    let mut counts = std::collections::BTreeMap::new();
+    let mut longest = Duration::ZERO;
+    for obj in objects {
+        let status = obj.status.as_ref();
+        let ready = status.and_then(|s| s.condition(READY));
+        let key = match ready {
+            Some(c) => (c.status.clone(), c.reason.clone()),
+            None => ("Unknown".to_owned(), "NoStatus".to_owned()),
+        };
+        *counts.entry(key).or_insert(0) += 1;
+        let reconciling = status
+            .and_then(|s| s.condition(RECONCILING))
+            .filter(|c| c.status == "True")
+            .map(|c| c.last_transition_time.0);
+        let since = match ready {
+            None => obj.metadata.creation_timestamp.as_ref().map(|t| t.0),
+            Some(_) => reconciling,
+        };
+        if let Some(since) = since {
+            longest = longest.max(Duration::try_from(now.duration_since(since)).unwrap_or_default());
+        }
+    }
+    (counts, longest)
+}
+
 #[cfg(test)]
 mod tests {
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+    use kube::runtime::{reflector, watcher};
+
     use super::*;
+    use crate::decide::Readiness;
     use crate::fixtures::*;
+    use crate::model::InstanceState;
+
+    fn at(s: &str) -> jiff::Timestamp {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn objects_are_counted_by_readiness_from_the_cache_at_each_scrape() {
+        let metrics = Metrics::default();
+        let (store, mut writer) = reflector::store();
+        metrics.watch_objects(store);
+        let running = instance_for(&spec(), InstanceState::Running);
+        let named = |name: &str, mut obj: Ec2Instance| {
+            obj.metadata.name = Some(name.into());
+            obj.metadata.uid = Some(name.into());
+            obj
+        };
+        let mut new = named("new", Ec2Instance::test());
+        new.metadata.creation_timestamp = Some(Time(at("2026-01-01T00:00:00Z")));
+        let launching = crate::status::next_status(
+            &Ec2Instance::test(),
+            None,
+            vec![],
+            Readiness::not_ready("Launching", "x"),
+            at("2026-01-01T00:10:00Z"),
+        );
+        let objects = [
+            named("a", Ec2Instance::test().ready_on(&running)),
+            named("b", Ec2Instance::test().ready_on(&running)),
+            named("launching", Ec2Instance::test().with_status(launching)),
+            new,
+        ];
+        for obj in &objects {
+            writer.apply_watcher_event(&watcher::Event::Apply(obj.clone()));
+        }
+        let rendered = metrics.render();
+        for line in [
+            "ec2_operator_objects{ready=\"True\",reason=\"InstanceRunning\"} 2",
+            "ec2_operator_objects{ready=\"False\",reason=\"Launching\"} 1",
+            "ec2_operator_objects{ready=\"Unknown\",reason=\"NoStatus\"} 1",
+        ] {
+            assert!(rendered.contains(line), "{line} in\n{rendered}");
+        }
+
+        let (_, longest) = readiness(objects.iter(), at("2026-01-01T01:00:00Z"));
+        assert_eq!(longest, Duration::from_secs(3600), "the new one, from its creation");
+        let (_, longest) = readiness(objects[..3].iter(), at("2026-01-01T01:00:00Z"));
+        assert_eq!(longest, Duration::from_secs(3000), "since Reconciling turned True");
+
+        writer.apply_watcher_event(&watcher::Event::Delete(objects[0].clone()));
+        assert!(
+            metrics
+                .render()
+                .contains("ec2_operator_objects{ready=\"True\",reason=\"InstanceRunning\"} 1"),
+            "a deleted object is no longer counted"
+        );
+    }
 
     #[test]
     fn instances_are_counted_by_live_state_and_a_dropped_region_leaves_no_stale_gauges() {

@@ -38,6 +38,7 @@ pub async fn run(settings: Settings) -> anyhow::Result<()> {
 
     let lease = elect(&settings, &client).await?;
     let (controller, synced) = controller(&settings, client);
+    metrics.watch_objects(controller.store());
     let orphans = Sweep {
         ctx: ctx.clone(),
         objects: controller.store(),
