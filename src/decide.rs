@@ -643,6 +643,39 @@ pub fn drift(steady: bool, observed: Option<&ObservedInstance>, steps: &[Step]) 
     ))
 }
 
+/// What a drift's steps repair, by kind (the `drift_repairs_total` metric). A stop for a type or
+/// user data change counts as that change, and a wait on an instance someone started or stopped
+/// as the stop or start it will get: those steps come in later passes, when the object is no
+/// longer Ready and so no longer drifted.
+pub fn drift_repairs(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>, steps: &[Step]) -> Vec<&'static str> {
+    let want_running = spec.desired_state == DesiredState::Running;
+    let resized = observed.is_some_and(|i| i.instance_type != spec.instance_type);
+    let mut kinds: Vec<&'static str> = steps
+        .iter()
+        .filter_map(|step| match step {
+            Step::Launch { .. } => Some("replaced"),
+            Step::Start(_) => Some("started"),
+            Step::Stop(_) if !want_running => Some("stopped"),
+            // The plan stops an instance meant to run only to change its type or user data.
+            Step::Stop(_) => Some(if resized { "resized" } else { "user_data" }),
+            Step::ModifyInstanceType { .. } => Some("resized"),
+            Step::ModifyUserData { .. } => Some("user_data"),
+            Step::SetSecurityGroups { .. } => Some("security_groups"),
+            Step::Tag { .. } => Some("retagged"),
+            Step::Terminate(_) => Some("duplicate_terminated"),
+            Step::Wait => match (observed.map(|i| i.state), want_running) {
+                (Some(InstanceState::Stopping | InstanceState::Stopped), true) => Some("started"),
+                (Some(InstanceState::Pending | InstanceState::Running), false) => Some("stopped"),
+                _ => None,
+            },
+            Step::Release { .. } => None,
+        })
+        .collect();
+    kinds.sort_unstable();
+    kinds.dedup();
+    kinds
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1294,5 +1327,28 @@ mod tests {
         let drifted = drift(true, Some(&before), std::slice::from_ref(&step)).unwrap();
         assert!(!drifted.1.contains("hunter2"), "{}", drifted.1);
         assert_eq!(drift(false, Some(&before), &[step]), None, "not steady: no drift");
+    }
+
+    #[test]
+    fn drift_repairs_are_named_by_what_changed_out_of_band() {
+        let spec = spec().with_tag("team", "a").with_security_groups(&["sg-11111111"]);
+        let running = instance_for(&spec, InstanceState::Running);
+        let repairs = |spec: &Ec2InstanceSpec, observed: &ObservedInstance| {
+            drift_repairs(spec, Some(observed), &plan_for(spec, Some(observed), &["team"]))
+        };
+        let stopped = running.clone().in_state(InstanceState::Stopped);
+        assert_eq!(repairs(&spec, &stopped), ["started"]);
+        let stopping = running.clone().in_state(InstanceState::Stopping);
+        assert_eq!(repairs(&spec, &stopping), ["started"], "caught stopping: started next");
+        let terminated = running.clone().in_state(InstanceState::Terminated);
+        assert_eq!(repairs(&spec, &terminated), ["replaced"]);
+        let resized = running.clone().with_type("t3.large");
+        assert_eq!(repairs(&spec, &resized), ["resized"], "stopped to be resized");
+        let mut regrouped = running.clone().with_instance_tag("team", "b");
+        regrouped.security_group_ids = ["sg-22222222".to_owned()].into();
+        assert_eq!(repairs(&spec, &regrouped), ["retagged", "security_groups"]);
+        let to_stop = spec.clone().with_desired_state(DesiredState::Stopped);
+        assert_eq!(repairs(&to_stop, &running), ["stopped"], "started out of band");
+        assert_eq!(repairs(&spec, &running), Vec::<&str>::new(), "no drift, no repair");
     }
 }

@@ -1,7 +1,7 @@
 //! Prometheus metrics, served on the admin port at `/metrics`. Each is fed where its fact is
 //! known, never kept twice: EC2 attempts by an SDK interceptor (`ec2::CountAttempts`), polls and
-//! instance counts by the inventory, and the objects by readiness straight from the
-//! controller's cache at each scrape.
+//! instance counts by the inventory, repairs and readiness by the reconcile, and the objects by
+//! readiness straight from the controller's cache at each scrape.
 
 use std::fmt;
 use std::sync::OnceLock;
@@ -70,6 +70,11 @@ struct InstanceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RepairLabel {
+    kind: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct ReadinessLabels {
     ready: String,
     reason: String,
@@ -89,6 +94,8 @@ pub struct Metrics {
     polls: Family<PollLabels, Counter>,
     last_success: Family<RegionLabel, Gauge<f64, AtomicU64>>,
     instances: Family<InstanceLabels, Gauge>,
+    time_to_ready: Histogram,
+    drift_repairs: Family<RepairLabel, Counter>,
     orphaned_instances: Gauge,
     objects: std::sync::Arc<Objects>,
 }
@@ -107,6 +114,9 @@ impl Default for Metrics {
         let polls = Family::default();
         let last_success = Family::default();
         let instances = Family::default();
+        // LocalStack answers in under a second, AWS in tens of seconds; a stuck one in hours.
+        let time_to_ready = Histogram::new([0.5, 1.0, 2.5, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0, 1800.0]);
+        let drift_repairs = Family::default();
         let orphaned_instances = Gauge::default();
         let objects = std::sync::Arc::new(Objects::default());
         let build_info = Family::<BuildLabel, Gauge>::default();
@@ -167,6 +177,20 @@ impl Default for Metrics {
             instances.clone(),
         );
         registry.register(
+            "time_to_ready_seconds",
+            "Time an object took to become Ready: from its Ready condition turning False (for a new \
+             object its first status write, moments after creation; its creation if it had no status) \
+             to True; observed once per transition",
+            time_to_ready.clone(),
+        );
+        registry.register(
+            "drift_repairs",
+            "Out-of-band changes repaired, by kind (replaced, started, stopped, resized, user_data, \
+             security_groups, retagged, duplicate_terminated): the steps an object Ready for its \
+             generation needs again, so never a spec change; counted when decided, with DriftDetected",
+            drift_repairs.clone(),
+        );
+        registry.register(
             "orphaned_instances",
             "Live instances of this cluster whose object is gone",
             orphaned_instances.clone(),
@@ -185,6 +209,8 @@ impl Default for Metrics {
             polls,
             last_success,
             instances,
+            time_to_ready,
+            drift_repairs,
             orphaned_instances,
             objects,
         }
@@ -264,6 +290,14 @@ impl Metrics {
         self.last_success.remove(&RegionLabel {
             region: region.to_owned(),
         });
+    }
+
+    pub fn became_ready(&self, took: Duration) {
+        self.time_to_ready.observe(took.as_secs_f64());
+    }
+
+    pub fn drift_repaired(&self, kind: &'static str) {
+        self.drift_repairs.get_or_create(&RepairLabel { kind }).inc();
     }
 
     pub fn orphans_found(&self, count: usize) {

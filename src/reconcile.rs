@@ -222,6 +222,9 @@ impl<'a> Reconciler<'a> {
             return Ok(Action::await_change());
         }
         if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
+            for kind in decide::drift_repairs(&self.obj.spec, observed.as_ref(), &steps) {
+                self.ctx.metrics.drift_repaired(kind);
+            }
             self.publish(reason, note).await;
         }
         let current = self.execute(&steps, observed).await?;
@@ -236,7 +239,11 @@ impl<'a> Reconciler<'a> {
         status.replacements = decide::replacements(&self.recorded, &steps, ready);
         (status.duplicates, status.duplicates_since) =
             decide::duplicates_seen(&extras, &steps, &self.recorded, jiff::Timestamp::now());
+        let became_ready = status::became_ready(&self.obj, &status, jiff::Timestamp::now());
         status::write(&self.api, &self.obj, status).await?;
+        if let Some(took) = became_ready {
+            self.ctx.metrics.became_ready(took);
+        }
         Ok(Action::requeue(match self.recorded.replacement_wait() {
             // The inventory poll triggers every object; this is only a safety net.
             _ if settled => self.ctx.timing.poll_interval * 5,
@@ -846,7 +853,10 @@ mod tests {
 
     #[tokio::test]
     async fn an_instance_found_by_owner_tag_is_adopted_not_duplicated() {
-        let obj = Ec2Instance::test().finalized();
+        let mut obj = Ec2Instance::test().finalized();
+        obj.metadata.creation_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+            jiff::Timestamp::now(),
+        ));
         let owned = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| {
             described(vec![sdk_instance(
                 "i-0bbbbbbbbbbbbbbbb",
@@ -859,14 +869,61 @@ mod tests {
             .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&owned, &launch, &tags]);
         let (client, server) = ApiServer::start(obj.clone());
+        let ctx = polled(context(client, ec2)).await;
 
-        reconcile(Arc::new(obj), polled(context(client, ec2)).await)
-            .await
-            .unwrap();
+        reconcile(Arc::new(obj), ctx.clone()).await.unwrap();
 
         assert_eq!(launch.num_calls(), 0, "no RunInstances when the owner tag finds one");
         let last = server.status_patches().pop().unwrap();
         assert_eq!(last["status"]["instanceId"], "i-0bbbbbbbbbbbbbbbb");
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains("ec2_operator_time_to_ready_seconds_count 1"),
+            "Ready at once, timed from creation: {metrics}"
+        );
+        assert!(
+            !metrics.contains("ec2_operator_drift_repairs_total{"),
+            "a new object does not drift"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_ready_instance_stopped_out_of_band_is_started_and_counted_as_drift() {
+        const ID: &str = "i-0aaaaaaaaaaaaaaaa";
+        let running = instance_for(&spec(), crate::model::InstanceState::Running).with_id(ID);
+        let steady = Ec2Instance::test().finalized().ready_on(&running);
+        // Stopped, and otherwise as launched: its tags intact.
+        let tags: Vec<Tag> = running
+            .tags
+            .iter()
+            .map(|(k, v)| Tag::builder().key(k).value(v).build())
+            .collect();
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(fleet_poll)
+            .then_output(move || {
+                let mut instance = sdk_instance(ID, InstanceStateName::Stopped, UID);
+                instance.tags = Some(tags.clone());
+                described(vec![instance])
+            });
+        let start = mock!(aws_sdk_ec2::Client::start_instances)
+            .then_output(|| aws_sdk_ec2::operation::start_instances::StartInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &start]);
+        let (client, _server) = ApiServer::start(steady.clone());
+        let ctx = polled(context(client, ec2)).await;
+
+        reconcile(Arc::new(steady), ctx.clone()).await.unwrap();
+
+        assert_eq!(start.num_calls(), 1);
+        let metrics = ctx.metrics.render();
+        assert!(
+            metrics.contains("ec2_operator_drift_repairs_total{kind=\"started\"} 1"),
+            "{metrics}"
+        );
+        assert!(!metrics.contains("kind=\"retagged\""), "its tags were intact");
+        assert!(
+            !metrics.contains("ec2_operator_time_to_ready_seconds_count 1"),
+            "not Ready yet"
+        );
     }
 
     #[tokio::test]

@@ -1,6 +1,8 @@
 //! Status: computed from what was observed (pure), written by server-side apply with one field
 //! manager, and only when it changed.
 
+use std::time::Duration;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
@@ -66,6 +68,19 @@ pub fn next_status(
     status.applied_tag_keys = applied_tag_keys;
     status.conditions = conditions;
     status
+}
+
+/// How long the object took to become Ready, when `next` turns its Ready condition True: since
+/// the condition last turned False, or since the object's creation if it had none.
+pub fn became_ready(obj: &Ec2Instance, next: &Ec2InstanceStatus, now: jiff::Timestamp) -> Option<Duration> {
+    next.condition(READY).filter(|c| c.status == "True")?;
+    let since = match obj.status.as_ref().and_then(|s| s.condition(READY)) {
+        Some(previous) if previous.status == "True" => return None,
+        Some(previous) => previous.last_transition_time.0,
+        None => obj.metadata.creation_timestamp.as_ref()?.0,
+    };
+    // A clock that went back counts as no time rather than losing the transition.
+    Some(Duration::try_from(now.duration_since(since)).unwrap_or_default())
 }
 
 /// One condition; its `lastTransitionTime` moves only when its value flips.
@@ -203,6 +218,47 @@ mod tests {
         );
         assert_eq!(failed.instance_id.as_deref(), Some("i-0123456789abcdef0"));
         assert_eq!(failed.condition(READY).unwrap().status, "False");
+    }
+
+    #[test]
+    fn time_to_ready_runs_from_creation_or_from_turning_not_ready_and_is_taken_once() {
+        let mut obj = Ec2Instance::test();
+        obj.metadata.creation_timestamp = Some(Time(at("2026-01-01T00:00:00Z")));
+        let running = instance_for(&obj.spec, InstanceState::Running);
+        let ready_at = |obj: &Ec2Instance, now| {
+            let status = next_status(
+                obj,
+                Some(&running),
+                vec![],
+                Readiness::ready("InstanceRunning", ""),
+                now,
+            );
+            (became_ready(obj, &status, now), status)
+        };
+        let (took, _) = ready_at(&obj, at("2026-01-01T00:00:40Z"));
+        assert_eq!(took, Some(Duration::from_secs(40)), "no status yet: from creation");
+
+        let starting = next_status(
+            &obj,
+            Some(&running),
+            vec![],
+            Readiness::not_ready("Starting", ""),
+            at("2026-01-01T01:00:00Z"),
+        );
+        let obj = obj.with_status(starting);
+        let (took, ready) = ready_at(&obj, at("2026-01-01T01:00:25Z"));
+        assert_eq!(took, Some(Duration::from_secs(25)), "from turning False");
+
+        let obj = obj.with_status(ready);
+        assert_eq!(ready_at(&obj, at("2026-01-01T02:00:00Z")).0, None, "already Ready");
+        let not_ready = next_status(
+            &obj,
+            None,
+            vec![],
+            Readiness::not_ready("Retrying", ""),
+            at("2026-01-01T02:00:00Z"),
+        );
+        assert_eq!(became_ready(&obj, &not_ready, at("2026-01-01T02:00:00Z")), None);
     }
 
     #[test]
