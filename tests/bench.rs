@@ -6,6 +6,7 @@
 //! 1. floor: the emulator alone, driven by a small client as fast as it answers;
 //! 2. one object on an idle operator; 3. N objects created at once; 4. steady state;
 //! 5. drift (1% terminated and 1% stopped out of band); 6. all deleted; 7. two shards.
+//!
 //! `bench_peers` runs create, steady, a drift probe and delete for this operator and for ACK's
 //! ec2-controller (`hack/ack.sh`), each alone on a fresh LocalStack, and ACK once more with its
 //! resync set to this operator's poll interval.
@@ -77,7 +78,7 @@ async fn bench_fleet() {
 
     // 2-6. One operator through everything, on a fresh emulator.
     fresh_localstack();
-    let ours = Run::start(&bed, Kind::Ours, &settings, "bench", &[]).await;
+    let ours = Run::start(&bed, Kind::Ours, &settings, "bench").await;
     let single = ours.create(&bed, "one", 1, &BTreeMap::new()).await;
     ours.delete_all(&bed).await;
     let create = ours.create(&bed, "obj", n, &BTreeMap::new()).await;
@@ -141,21 +142,19 @@ async fn bench_peers() {
     let bed = Bed::connect().await;
     let mut rows = BTreeMap::<&str, Value>::new();
     println!("bench-peers: N={}, steady {} s", settings.n, settings.steady.as_secs());
-    for (row, kind, extra) in [
-        ("ec2-operator", Kind::Ours, Vec::new()),
-        ("ack-ec2-controller", Kind::Ack, Vec::new()),
+    install_ack_crds();
+    for (row, kind) in [
+        ("ec2-operator", Kind::Ours),
+        ("ack-ec2-controller", Kind::Ack { resync_seconds: 0 }),
         (
             "ack-ec2-controller-resync-30s",
-            Kind::Ack,
-            vec![
-                "--reconcile-default-resync-seconds".to_owned(),
-                POLL_SECONDS.to_string(),
-            ],
+            Kind::Ack {
+                resync_seconds: POLL_SECONDS,
+            },
         ),
     ] {
         fresh_localstack();
-        let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
-        let run = Run::start(&bed, kind, &settings, "peers", &extra).await;
+        let run = Run::start(&bed, kind, &settings, "peers").await;
         let create = run.create(&bed, "obj", settings.n, &BTreeMap::new()).await;
         let steady = run.steady(&bed, settings.settle, settings.steady).await;
         let drift = run.drift(&bed, settings.drift_window).await;
@@ -196,7 +195,10 @@ async fn bench_peers() {
 #[derive(Clone, Copy, Debug, PartialEq)]
 enum Kind {
     Ours,
-    Ack,
+    /// ACK's ec2-controller; a resync of 0 is its default (10 hours).
+    Ack {
+        resync_seconds: u64,
+    },
 }
 
 impl Kind {
@@ -206,7 +208,7 @@ impl Kind {
                 &GroupVersionKind::gvk("k106.com", "v1alpha1", "Ec2Instance"),
                 "ec2instances",
             ),
-            Kind::Ack => ApiResource::from_gvk_with_plural(
+            Kind::Ack { .. } => ApiResource::from_gvk_with_plural(
                 &GroupVersionKind::gvk("ec2.services.k8s.aws", "v1alpha1", "Instance"),
                 "instances",
             ),
@@ -216,12 +218,7 @@ impl Kind {
     fn manifest(self, bed: &Bed, name: &str, labels: &BTreeMap<String, String>) -> DynamicObject {
         let spec = match self {
             Kind::Ours => json!({ "imageId": bed.seed.image_id, "instanceType": "t3.micro" }),
-            Kind::Ack => json!({
-                "imageID": bed.seed.image_id,
-                "instanceType": "t3.micro",
-                "maxCount": 1,
-                "minCount": 1,
-            }),
+            Kind::Ack { .. } => json!({ "imageID": bed.seed.image_id, "instanceType": "t3.micro" }),
         };
         let mut object = DynamicObject::new(name, &self.resource()).data(json!({ "spec": spec }));
         object.metadata.labels = Some(labels.clone());
@@ -233,21 +230,21 @@ impl Kind {
         let status = &object.data["status"];
         let condition = match self {
             Kind::Ours => "Ready",
-            Kind::Ack => "ACK.ResourceSynced",
+            Kind::Ack { .. } => "ACK.ResourceSynced",
         };
         let ready = status["conditions"]
             .as_array()
             .is_some_and(|all| all.iter().any(|c| c["type"] == condition && c["status"] == "True"));
         match self {
             Kind::Ours => ready && status["observedGeneration"].as_i64() == object.metadata.generation,
-            Kind::Ack => ready && status["state"]["name"] == "running",
+            Kind::Ack { .. } => ready && status["state"]["name"] == "running",
         }
     }
 
     fn instance_id(self, object: &DynamicObject) -> Option<String> {
         let field = match self {
             Kind::Ours => "instanceId",
-            Kind::Ack => "instanceID",
+            Kind::Ack { .. } => "instanceID",
         };
         object.data["status"][field].as_str().map(str::to_owned)
     }
@@ -270,13 +267,13 @@ enum Process {
 }
 
 impl Run {
-    async fn start(bed: &Bed, kind: Kind, settings: &Settings, label: &str, extra: &[&str]) -> Run {
+    async fn start(bed: &Bed, kind: Kind, settings: &Settings, label: &str) -> Run {
         let ns = bed.namespace(label).await;
         let proxy = FaultyEc2::start(&[]);
         let env = [("AWS_ENDPOINT_URL", proxy.endpoint.as_str())];
         let process = match kind {
-            Kind::Ours => Process::Ours(Operator::start_bin(&settings.operator_bin, &ns, extra, &env)),
-            Kind::Ack => Process::Ack(start_ack(&ns, &proxy.endpoint, extra)),
+            Kind::Ours => Process::Ours(Operator::start_bin(&settings.operator_bin, &ns, &[], &env)),
+            Kind::Ack { resync_seconds } => Process::Ack(start_ack(&ns, &proxy.endpoint, resync_seconds)),
         };
         let api = Api::namespaced_with(bed.client.clone(), &ns, &kind.resource());
         let track = Arc::new(Mutex::new(Track::default()));
@@ -319,12 +316,13 @@ impl Run {
         })
         .await;
         let seconds = started.elapsed().as_secs_f64();
-        let track = self.track.lock().unwrap();
-        let mut ready: Vec<f64> = names
-            .iter()
-            .map(|name| (track.ready_at[name] - created_at[name]).as_secs_f64())
-            .collect();
-        drop(track);
+        let mut ready: Vec<f64> = {
+            let track = self.track.lock().unwrap();
+            names
+                .iter()
+                .map(|name| (track.ready_at[name] - created_at[name]).as_secs_f64())
+                .collect()
+        };
         ready.sort_by(f64::total_cmp);
         let after = self.snapshot(bed).await;
         let created = Created {
@@ -478,13 +476,14 @@ impl Drop for Run {
     }
 }
 
-fn start_ack(ns: &str, endpoint: &str, extra: &[&str]) -> Child {
+/// ACK as `hack/ack.sh run` starts it: its defaults (one worker), this namespace only.
+fn start_ack(ns: &str, endpoint: &str, resync_seconds: u64) -> Child {
     let log = std::fs::File::create(format!("{ROOT}/.cache/e2e-logs/ack-{ns}.log")).unwrap();
     Command::new(format!("{ROOT}/hack/ack.sh"))
         .arg("run")
-        .args(extra)
         .env("ACK_ENDPOINT_URL", endpoint)
         .env("ACK_WATCH_NAMESPACE", ns)
+        .env("ACK_RESYNC_SECONDS", resync_seconds.to_string())
         .stdout(Stdio::from(log.try_clone().unwrap()))
         .stderr(Stdio::from(log))
         .spawn()
@@ -811,6 +810,38 @@ async fn wait_for(what: &str, mut done: impl FnMut() -> bool) {
     }
 }
 
+/// ACK's Instance CRD (and its common ones) from the module `hack/ack.sh build` fetched.
+fn install_ack_crds() {
+    let out = Command::new(format!("{ROOT}/hack/ack.sh"))
+        .arg("crds")
+        .output()
+        .expect("hack/ack.sh crds");
+    assert!(
+        out.status.success(),
+        "hack/ack.sh crds: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for crd in String::from_utf8_lossy(&out.stdout).split_whitespace() {
+        let status = Command::new("kubectl")
+            .args(["apply", "--server-side", "-f", crd])
+            .stdout(Stdio::null())
+            .status()
+            .expect("kubectl runs");
+        assert!(status.success(), "kubectl apply -f {crd}");
+    }
+    let status = Command::new("kubectl")
+        .args([
+            "wait",
+            "--for=condition=Established",
+            "crd/instances.ec2.services.k8s.aws",
+            "--timeout=60s",
+        ])
+        .stdout(Stdio::null())
+        .status()
+        .expect("kubectl runs");
+    assert!(status.success(), "ACK's Instance CRD is established");
+}
+
 /// Restarts LocalStack (and the bed's strict EC2) with nothing in it: its describes cost more
 /// with every instance it ever held, so every run starts from the same empty emulator.
 fn fresh_localstack() {
@@ -949,7 +980,7 @@ async fn versions(bed: &Bed) -> Value {
 }
 
 fn print_table(report: &BTreeMap<&str, Value>) {
-    println!("\n{:<34} {}", "figure", "value");
+    println!("\nfigure                             value");
     for (key, value) in report {
         if matches!(*key, "ready_curve_seconds" | "versions") {
             continue;
