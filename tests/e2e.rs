@@ -92,6 +92,13 @@ async fn ready_only_with_a_fresh_view_of_ec2_metrics_in_openmetrics_and_json_log
     .await;
     tokio::time::sleep(Duration::from_secs(5)).await;
     assert_eq!(blind.probe("/readyz").await, 503, "no inventory poll has succeeded");
+    let metrics = blind.get("/metrics").await;
+    let failed_poll = |line: &str| {
+        line.starts_with("ec2_operator_inventory_polls_total{") && line.contains("poll=\"fleet\",result=\"error\"")
+    };
+    assert!(metrics.lines().any(failed_poll), "{metrics}");
+    let refused = "ec2_operator_ec2_attempts_total{operation=\"DescribeInstances\",outcome=\"io\"}";
+    assert!(metrics.contains(refused), "every attempt, retries too: {metrics}");
     drop(blind);
 
     let operator = Operator::start_with(&ns, &["--log-format", "json"]);
@@ -112,6 +119,17 @@ async fn ready_only_with_a_fresh_view_of_ec2_metrics_in_openmetrics_and_json_log
     assert!(metrics.trim_end().ends_with("# EOF"), "OpenMetrics ends with # EOF");
     bed.create(&ns, "traced", json!({})).await;
     bed.ready(&ns, "traced").await;
+    // The production wiring feeds them: the SDK interceptor, the controller's cache, the reconcile.
+    for series in [
+        "ec2_operator_ec2_attempts_total{operation=\"RunInstances\",outcome=\"ok\"}",
+        "ec2_operator_objects{ready=\"True\",reason=\"InstanceRunning\"}",
+        "ec2_operator_time_to_ready_seconds_count",
+    ] {
+        eventually(series, MINUTE, || async {
+            (operator.metric(series).await >= 1.0).then_some(())
+        })
+        .await;
+    }
     let launched = operator
         .log_text()
         .lines()
