@@ -9,13 +9,15 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kube::runtime::reflector::ObjectRef;
 use tokio::sync::mpsc;
 use tracing::{debug, warn};
 
+use crate::crd::Ec2Instance;
 use crate::ec2::Ec2Regions;
 use crate::error::Result;
 use crate::metrics;
-use crate::model::{ObservedInstance, TAG_CLUSTER_ID, TAG_OWNER_UID};
+use crate::model::{ObservedInstance, TAG_CLUSTER_ID, TAG_NAME, TAG_NAMESPACE, TAG_OWNER_UID};
 
 struct Snapshot {
     started_at: Instant,
@@ -224,18 +226,26 @@ impl Inventory {
         }
     }
 
-    /// Every [`WATCH_INTERVAL`], describe the watched instances (see [`Inventory::describe_watched`]).
-    pub async fn run_watch(&self) {
+    /// Every [`WATCH_INTERVAL`], describe the watched instances (see [`Inventory::describe_watched`])
+    /// and ask for the objects whose instance changed to be reconciled at once: a launch or a
+    /// termination is seen within a second, not at the object's next requeue.
+    pub async fn run_watch(&self, changed: mpsc::Sender<ObjectRef<Ec2Instance>>) {
         let mut ticker = tokio::time::interval(WATCH_INTERVAL);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             ticker.tick().await;
-            self.describe_watched().await;
+            for owner in self.describe_watched().await {
+                // Full: the objects' own requeues are the safety net. Closed: shutting down.
+                if let Err(mpsc::error::TrySendError::Closed(_)) = changed.try_send(owner) {
+                    return;
+                }
+            }
         }
     }
 
     /// One batch: every instance an object asked about recently, one describe per region.
-    pub async fn describe_watched(&self) {
+    /// Returns the owners of the instances that changed since the batch before.
+    pub async fn describe_watched(&self) -> Vec<ObjectRef<Ec2Instance>> {
         let asked: Vec<(String, Vec<String>)> = {
             let mut state = self.state();
             let State { watched, batches, .. } = &mut *state;
@@ -254,6 +264,7 @@ impl Inventory {
             (started_at, self.ec2.client(region).describe_some(ids).await)
         });
         let results = futures::future::join_all(batches).await;
+        let mut changed = Vec::new();
         for ((region, ids), (started_at, result)) in asked.into_iter().zip(results) {
             self.ec2.metrics().polled(&region, metrics::TRANSITIONS, result.is_ok());
             match result {
@@ -263,13 +274,16 @@ impl Inventory {
                         asked: ids.into_iter().collect(),
                         shown: found.into_iter().map(|i| (i.id.clone(), i)).collect(),
                     };
-                    self.state().batches.insert(region, batch);
+                    let mut state = self.state();
+                    changed.extend(changed_owners(state.batches.get(&region), &batch));
+                    state.batches.insert(region, batch);
                 }
                 Err(err) => {
                     warn!(%region, error = %err, "describing the instances in transition failed");
                 }
             }
         }
+        changed
     }
 
     /// Poll every `poll_interval`, and after each poll that saw any region ask for every object
@@ -355,6 +369,20 @@ impl Inventory {
     }
 }
 
+/// The owners of the instances `batch` shows differently from `previous` (or for the first time).
+fn changed_owners(previous: Option<&Batch>, batch: &Batch) -> Vec<ObjectRef<Ec2Instance>> {
+    batch
+        .shown
+        .values()
+        .filter(|instance| previous.and_then(|p| p.shown.get(&instance.id)) != Some(*instance))
+        .filter_map(|instance| {
+            let name = instance.tags.get(TAG_NAME)?;
+            let namespace = instance.tags.get(TAG_NAMESPACE)?;
+            Some(ObjectRef::new(name).within(namespace))
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod tests {
     use aws_sdk_ec2::operation::describe_instances::DescribeInstancesOutput;
@@ -425,6 +453,35 @@ mod tests {
         assert!(
             matches!(inventory.lookup("us-east-1", &instance.id), Sighting::Seen(_)),
             "a poll begun after the change is trusted again"
+        );
+    }
+
+    #[test]
+    fn a_batch_asks_for_the_objects_whose_instance_changed_and_no_others() {
+        let batch_of = |instances: &[ObservedInstance]| Batch {
+            started_at: Instant::now(),
+            asked: instances.iter().map(|i| i.id.clone()).collect(),
+            shown: instances.iter().map(|i| (i.id.clone(), i.clone())).collect(),
+        };
+        let pending = instance_for(&spec(), InstanceState::Pending);
+        let web = ObjectRef::<Ec2Instance>::new("web").within("default");
+
+        let first = batch_of(std::slice::from_ref(&pending));
+        assert_eq!(
+            changed_owners(None, &first),
+            vec![web.clone()],
+            "shown for the first time"
+        );
+        let same = batch_of(std::slice::from_ref(&pending));
+        assert!(changed_owners(Some(&first), &same).is_empty(), "nothing new");
+        let running = batch_of(&[pending.clone().in_state(InstanceState::Running)]);
+        assert_eq!(changed_owners(Some(&same), &running), vec![web], "pending to running");
+
+        let mut untagged = pending.in_state(InstanceState::Stopped);
+        untagged.tags.clear();
+        assert!(
+            changed_owners(Some(&running), &batch_of(&[untagged])).is_empty(),
+            "no owner tags, no object to ask for"
         );
     }
 

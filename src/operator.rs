@@ -75,10 +75,13 @@ async fn work(
         info!("leading");
         leading.store(true, Ordering::Relaxed);
     }
-    // After each inventory poll every object is reconciled against it (from memory).
+    // After each inventory poll every object is reconciled against it (from memory); after each
+    // batch of instances in transition, the objects whose instance changed.
     let (polled, polls) = tokio::sync::mpsc::channel::<()>(1);
+    let (changed, changes) = tokio::sync::mpsc::channel(1024);
     let reconciles = controller
         .reconcile_all_on(ReceiverStream::new(polls))
+        .reconcile_on(ReceiverStream::new(changes))
         .shutdown_on_signal()
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
@@ -98,7 +101,7 @@ async fn work(
             Ok(())
         }
         _ = ctx.inventory.run(polled) => Ok(()),
-        _ = ctx.inventory.run_watch() => Ok(()),
+        _ = ctx.inventory.run_watch(changed) => Ok(()),
         _ = orphans.run() => Ok(()),
         // Crash-only: a replica that lost the lease exits and comes back standing by.
         _ = lost => Err(anyhow::anyhow!("lost the leader lease")),
