@@ -73,6 +73,7 @@ case "${1:-}" in
   down) down ;;
   status) if status; then echo up; else echo down; exit 1; fi ;;
   stop-operator) stop_operator ;;
-  env) [ -f "$ENVFILE" ] || { say "not up: run make up"; exit 1; }; cat "$ENVFILE" ;;
+  # Written afresh: LocalStack restarted on its own (make bench does) seeds new ids.
+  env) [ -f "$ENVFILE" ] || { say "not up: run make up"; exit 1; }; write_env; cat "$ENVFILE" ;;
   *) echo "usage: $0 up|down|status|env|stop-operator" >&2; exit 2 ;;
 esac
