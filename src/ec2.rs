@@ -236,6 +236,19 @@ impl Ec2 {
         Ok(found)
     }
 
+    /// Instances whose `key` tag is any of `values`, in as few calls as filters allow.
+    pub async fn describe_by_tag_values(&self, key: &str, values: &[String]) -> Result<Vec<ObservedInstance>> {
+        let mut found = Vec::new();
+        for chunk in values.chunks(MAX_FILTER_VALUES) {
+            let filter = Filter::builder()
+                .name(format!("tag:{key}"))
+                .set_values(Some(chunk.to_vec()))
+                .build();
+            found.extend(self.describe(None, Some(vec![filter])).await?);
+        }
+        Ok(found)
+    }
+
     /// Instances carrying every `key=value` tag given, all pages.
     pub async fn describe_by_tags(&self, tags: &[(&str, &str)]) -> Result<Vec<ObservedInstance>> {
         let filters = tags

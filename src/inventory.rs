@@ -17,7 +17,7 @@ use crate::crd::Ec2Instance;
 use crate::ec2::Ec2Regions;
 use crate::error::Result;
 use crate::metrics;
-use crate::model::{ObservedInstance, TAG_CLUSTER_ID, TAG_NAME, TAG_NAMESPACE, TAG_OWNER_UID};
+use crate::model::{ObservedInstance, Owner, TAG_CLUSTER_ID, TAG_NAME, TAG_NAMESPACE, TAG_OWNER_UID};
 
 struct Snapshot {
     started_at: Instant,
@@ -33,6 +33,21 @@ struct Batch {
     shown: HashMap<String, ObservedInstance>,
 }
 
+/// One describe of every instance carrying the owner tag of an object about to release its
+/// finalizer, in a region.
+struct OwnerBatch {
+    started_at: Instant,
+    asked: HashSet<String>,
+    /// Every instance shown, by owner uid; an owner asked about and not here has none.
+    shown: HashMap<String, Vec<ObservedInstance>>,
+}
+
+/// An object whose deletion waits for an owner batch, and when it first asked.
+struct OwnerAsk {
+    object: ObjectRef<Ec2Instance>,
+    since: Instant,
+}
+
 #[derive(Default)]
 struct State {
     /// Regions to poll, with when an object last asked for each.
@@ -41,6 +56,9 @@ struct State {
     /// Instances objects in transition asked about, by region, with when they last asked.
     watched: HashMap<String, HashMap<String, Instant>>,
     batches: HashMap<String, Batch>,
+    /// Owners (by uid) whose every instance a deletion asked about, by region.
+    watched_owners: HashMap<String, HashMap<String, OwnerAsk>>,
+    owner_batches: HashMap<String, OwnerBatch>,
 }
 
 /// How often the instances objects in transition asked about are described: one call per
@@ -219,6 +237,33 @@ impl Inventory {
         }
     }
 
+    /// Every instance carrying `owner`'s tag (uid) from an owner batch begun after the object
+    /// first asked, for a deletion about to release its finalizer: one call per region and
+    /// tick for all deletions, not a tag query each. `None`: ask again after the next batch.
+    pub fn watch_owner(&self, region: &str, owner: &Owner) -> Option<Vec<ObservedInstance>> {
+        let mut state = self.state();
+        let asked = state.watched_owners.entry(region.to_owned()).or_default();
+        let since = asked
+            .entry(owner.uid.clone())
+            .or_insert_with(|| OwnerAsk {
+                object: ObjectRef::new(&owner.name).within(&owner.namespace),
+                since: Instant::now(),
+            })
+            .since;
+        let batch = state.owner_batches.get(region)?;
+        let current = batch.asked.contains(&owner.uid)
+            && batch.started_at >= since
+            && batch.started_at.elapsed() <= WATCH_INTERVAL * 5;
+        current.then(|| batch.shown.get(&owner.uid).cloned().unwrap_or_default())
+    }
+
+    /// `owner`'s deletion is done: it leaves the owner batches.
+    pub fn unwatch_owner(&self, region: &str, owner_uid: &str) {
+        if let Some(owners) = self.state().watched_owners.get_mut(region) {
+            owners.remove(owner_uid);
+        }
+    }
+
     /// `id` is settled (or gone): it leaves the batches.
     pub fn unwatch(&self, region: &str, id: &str) {
         if let Some(ids) = self.state().watched.get_mut(region) {
@@ -264,7 +309,7 @@ impl Inventory {
             (started_at, self.ec2.client(region).describe_some(ids).await)
         });
         let results = futures::future::join_all(batches).await;
-        let mut changed = Vec::new();
+        let mut changed = self.describe_watched_owners().await;
         for ((region, ids), (started_at, result)) in asked.into_iter().zip(results) {
             self.ec2.metrics().polled(&region, metrics::TRANSITIONS, result.is_ok());
             match result {
@@ -284,6 +329,75 @@ impl Inventory {
             }
         }
         changed
+    }
+
+    /// The owner batch of each region where a deletion asked; returns the objects whose answer
+    /// is new.
+    async fn describe_watched_owners(&self) -> Vec<ObjectRef<Ec2Instance>> {
+        let asked: Vec<(String, Vec<String>)> = {
+            let mut state = self.state();
+            let State {
+                watched_owners,
+                owner_batches,
+                ..
+            } = &mut *state;
+            watched_owners.retain(|_, owners| {
+                owners.retain(|_, ask| ask.since.elapsed() < WATCH_EXPIRY);
+                !owners.is_empty()
+            });
+            owner_batches.retain(|region, _| watched_owners.contains_key(region));
+            watched_owners
+                .iter()
+                .map(|(region, owners)| (region.clone(), owners.keys().cloned().collect()))
+                .collect()
+        };
+        let batches = asked.iter().map(|(region, uids)| async move {
+            let started_at = Instant::now();
+            let found = self
+                .ec2
+                .client(region)
+                .describe_by_tag_values(TAG_OWNER_UID, uids)
+                .await;
+            (started_at, found)
+        });
+        let results = futures::future::join_all(batches).await;
+        let mut answered = Vec::new();
+        for ((region, uids), (started_at, result)) in asked.into_iter().zip(results) {
+            self.ec2.metrics().polled(&region, metrics::OWNERS, result.is_ok());
+            let found = match result {
+                Ok(found) => found,
+                Err(err) => {
+                    warn!(%region, error = %err, "describing the instances of deleted objects failed");
+                    continue;
+                }
+            };
+            let mut shown: HashMap<String, Vec<ObservedInstance>> = HashMap::new();
+            for instance in found {
+                if let Some(uid) = instance.tags.get(TAG_OWNER_UID) {
+                    shown.entry(uid.clone()).or_default().push(instance);
+                }
+            }
+            let mut state = self.state();
+            // Each waiting object once per new answer, not every tick while it waits.
+            let previous = state.owner_batches.get(&region);
+            let new_answer =
+                |uid: &String| previous.is_none_or(|p| !p.asked.contains(uid) || p.shown.get(uid) != shown.get(uid));
+            if let Some(owners) = state.watched_owners.get(&region) {
+                answered.extend(
+                    uids.iter()
+                        .filter(|uid| new_answer(uid))
+                        .filter_map(|uid| owners.get(uid))
+                        .map(|ask| ask.object.clone()),
+                );
+            }
+            let batch = OwnerBatch {
+                started_at,
+                asked: uids.into_iter().collect(),
+                shown,
+            };
+            state.owner_batches.insert(region, batch);
+        }
+        answered
     }
 
     /// Poll every `poll_interval`, and after each poll that saw any region ask for every object
@@ -454,6 +568,57 @@ mod tests {
             matches!(inventory.lookup("us-east-1", &instance.id), Sighting::Seen(_)),
             "a poll begun after the change is trusted again"
         );
+    }
+
+    #[tokio::test]
+    async fn deletions_about_to_release_share_one_owner_batch_and_are_answered_once() {
+        const ALIVE: &str = "i-0aaaaaaaaaaaaaaaa";
+        let tagged = |uid: &str| {
+            Instance::builder()
+                .instance_id(ALIVE)
+                .state(SdkState::builder().name(InstanceStateName::ShuttingDown).build())
+                .tags(aws_sdk_ec2::types::Tag::builder().key(TAG_OWNER_UID).value(uid).build())
+                .build()
+        };
+        let owners = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| {
+                r.filters()
+                    .iter()
+                    .any(|f| f.name() == Some("tag:k106.com/owner-uid") && f.values().len() == 2)
+            })
+            .then_output(move || {
+                DescribeInstancesOutput::builder()
+                    .reservations(Reservation::builder().instances(tagged("uid-web")).build())
+                    .build()
+            });
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&owners]));
+        let web = Owner {
+            uid: "uid-web".into(),
+            ..owner()
+        };
+        let db = Owner {
+            uid: "uid-db".into(),
+            name: "db".into(),
+            ..owner()
+        };
+        assert_eq!(inventory.watch_owner("us-east-1", &web), None, "no batch yet");
+        assert_eq!(inventory.watch_owner("us-east-1", &db), None);
+
+        let answered = inventory.describe_watched().await;
+        assert_eq!(owners.num_calls(), 1, "both owners in one call");
+        assert_eq!(answered.len(), 2, "both deletions are woken");
+        let shown = inventory.watch_owner("us-east-1", &web).expect("answered");
+        assert_eq!(shown.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), vec![ALIVE]);
+        assert_eq!(inventory.watch_owner("us-east-1", &db), Some(vec![]), "asked, has none");
+
+        assert!(
+            inventory.describe_watched().await.is_empty(),
+            "the same answer again wakes nobody"
+        );
+        inventory.unwatch_owner("us-east-1", "uid-web");
+        inventory.unwatch_owner("us-east-1", "uid-db");
+        inventory.describe_watched().await;
+        assert_eq!(owners.num_calls(), 2, "no batch once every deletion is done");
     }
 
     #[test]

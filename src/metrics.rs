@@ -24,6 +24,8 @@ use crate::status::RECONCILING;
 pub const FLEET: &str = "fleet";
 /// The `poll` label: the batched describe of the instances objects in transition asked about.
 pub const TRANSITIONS: &str = "transitions";
+/// The `poll` label: the batched describe, by owner tag, of the instances of deleted objects.
+pub const OWNERS: &str = "owners";
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct OperationLabel {

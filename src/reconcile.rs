@@ -330,12 +330,20 @@ impl<'a> Reconciler<'a> {
         let mut owned = self.owned_while_deleting().await?;
         let mut cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
         if cleanup.release {
-            // Before the finalizer goes, EC2 itself is asked, not a poll up to an interval old.
-            owned = self.describe_known(true).await?;
+            // Before the finalizer goes, EC2 itself is asked for every instance with this
+            // object's owner tag, not a poll up to an interval old: in one describe per tick
+            // shared by every deletion.
+            let Some(found) = self.ctx.inventory.watch_owner(&self.region, &self.owner) else {
+                return Err(Error::Waiting(
+                    "waiting for EC2 to show every instance of this object".into(),
+                ));
+            };
+            owned = decide::owned(found, &self.owner);
             cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
         }
         self.execute(&cleanup.steps, None).await?;
         if cleanup.release {
+            self.ctx.inventory.unwatch_owner(&self.region, &self.owner.uid);
             if let Some(id) = self.status_id() {
                 self.ctx.inventory.unwatch(&self.region, id);
             }
@@ -501,6 +509,19 @@ mod tests {
     /// One object's DescribeInstances by its owner tag.
     fn owner_query(r: &aws_sdk_ec2::operation::describe_instances::DescribeInstancesInput) -> bool {
         r.filters().iter().any(|f| f.name() == Some("tag:k106.com/owner-uid"))
+    }
+
+    /// A deletion about to release asks for the owner batch and waits; after the batch it goes
+    /// on with the answer.
+    async fn reconcile_deletion(obj: &Ec2Instance, ctx: &Arc<Context>) -> Result<Action> {
+        let waiting = reconcile(Arc::new(obj.clone()), ctx.clone()).await?;
+        assert_eq!(
+            waiting,
+            Action::requeue(Duration::from_secs(5)),
+            "waits for the owner batch"
+        );
+        ctx.inventory.describe_watched().await;
+        reconcile(Arc::new(obj.clone()), ctx.clone()).await
     }
 
     /// The context after one fleet poll (answered by the mock like any DescribeInstances).
@@ -687,7 +708,7 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&nothing, &terminate]);
         let (client, server) = ApiServer::start(obj.clone());
         let ctx = polled(in_transition(context(client, ec2), "i-0aaaaaaaaaaaaaaaa").await).await;
-        reconcile(Arc::new(obj), ctx).await.unwrap();
+        reconcile_deletion(&obj, &ctx).await.unwrap();
         assert_eq!(terminate.num_calls(), 0, "not terminated again and again");
         let released = server.finalizer_removed();
         assert!(released, "the finalizer is removed");
@@ -962,7 +983,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_deletion_waits_on_the_fleet_poll_and_asks_ec2_by_tag_only_before_releasing() {
+    async fn a_deletion_waits_on_the_fleet_poll_and_asks_the_owner_batch_only_before_releasing() {
         let mut obj = Ec2Instance::test()
             .finalized()
             .with_status(crate::crd::Ec2InstanceStatus {
@@ -1009,8 +1030,12 @@ mod tests {
         let (client, server) = ApiServer::start(obj.clone());
         let ctx = polled(in_transition(context(client, ec2), "i-0ccccccccccccccccc").await).await;
 
-        reconcile(Arc::new(obj), ctx).await.unwrap();
-        assert_eq!(by_tag.num_calls(), 1, "EC2 itself is asked before the release");
+        reconcile_deletion(&obj, &ctx).await.unwrap();
+        assert_eq!(
+            by_tag.num_calls(),
+            1,
+            "EC2 itself is asked before the release, in the owner batch"
+        );
         let released = server.finalizer_removed();
         assert!(released, "the finalizer is removed");
     }
@@ -1025,14 +1050,14 @@ mod tests {
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&nothing]);
         let (client, server) = ApiServer::start(obj.clone());
 
-        reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+        reconcile_deletion(&obj, &polled(context(client, ec2)).await)
             .await
             .unwrap();
 
         assert_eq!(
             nothing.num_calls(),
             2,
-            "the poll, then one owner-tag lookup; no other EC2 call"
+            "the poll, then the owner batch; no other EC2 call"
         );
         let removal = server
             .requests()
