@@ -98,6 +98,10 @@ wait_healthy() {
   return 1
 }
 
+# LocalStack's entry point with moto_tags.py loaded first (moto's tag lookup made linear; same
+# answers). The command line still names localstack.runtime.main, which our_pid looks for.
+RUN_MAIN='import moto_tags, runpy; runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)'
+
 start() {
   mkdir -p "$STATE/fs" "$STATE/config"
   [ -f "$LOG" ] && mv -f "$LOG" "$LOG.prev"
@@ -112,7 +116,7 @@ start() {
     OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$STATE/fs" CONFIG_DIR="$STATE/config" \
     DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 LOCALSTACK_HOST="127.0.0.1:$PORT" \
     API_ENDPOINT=http://127.0.0.1:9/v1 ANALYTICS_API=http://127.0.0.1:9/v1 \
-    setsid nohup "$VENV/bin/python" -m localstack.runtime.main </dev/null >"$LOG" 2>&1 9>&- &
+    PYTHONPATH="$HERE" setsid nohup "$VENV/bin/python" -c "$RUN_MAIN" </dev/null >"$LOG" 2>&1 9>&- &
   echo $! >"$PIDFILE"
   echo "$PORT" >"$PORTFILE"
   log "started LocalStack (pid $!, log $LOG)"
