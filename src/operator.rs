@@ -10,7 +10,8 @@ use kube::Client;
 use kube::api::{Api, ResourceExt};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, reflector};
-use kube::runtime::{WatchStreamExt, watcher};
+use kube::runtime::utils::{Predicate, PredicateConfig};
+use kube::runtime::{WatchStreamExt, predicates, watcher};
 use tokio_stream::wrappers::ReceiverStream;
 use tracing::info;
 
@@ -160,13 +161,20 @@ fn controller(settings: &Settings, client: Client) -> (Controller<Ec2Instance>, 
         object.managed_fields_mut().clear();
         object.annotations_mut().remove(LAST_APPLIED);
     });
+    // A reconcile follows a change of spec (generation; a deletion bumps it too) or finalizers,
+    // not the operator's own status writes: what it waits for comes from EC2, through the
+    // inventory's triggers and its own requeues.
     let objects = reflector(writer, watched)
         .inspect(move |event| {
             if let Ok(watcher::Event::InitDone) = event {
                 listed.store(true, Ordering::Relaxed);
             }
         })
-        .applied_objects();
+        .applied_objects()
+        .predicate_filter(
+            predicates::generation.combine(predicates::finalizers),
+            PredicateConfig::default(),
+        );
     let controller = Controller::for_stream(objects, reader)
         .with_config(ControllerConfig::default().concurrency(settings.concurrency));
     (controller, synced)
