@@ -29,6 +29,7 @@ struct Snapshot {
 /// One describe of every instance objects in transition asked about in a region.
 struct Batch {
     started_at: Instant,
+    took: Duration,
     asked: HashSet<String>,
     shown: HashMap<String, ObservedInstance>,
 }
@@ -37,6 +38,7 @@ struct Batch {
 /// finalizer, in a region.
 struct OwnerBatch {
     started_at: Instant,
+    took: Duration,
     asked: HashSet<String>,
     /// Every instance shown, by owner uid; an owner asked about and not here has none.
     shown: HashMap<String, Vec<ObservedInstance>>,
@@ -228,7 +230,7 @@ impl Inventory {
             return Watched::Pending;
         };
         let current = batch.asked.contains(id)
-            && batch.started_at.elapsed() <= WATCH_INTERVAL * 5
+            && recent(batch.started_at, batch.took)
             && !self.ec2.changes().since(id, batch.started_at);
         match batch.shown.get(id) {
             _ if !current => Watched::Pending,
@@ -251,9 +253,8 @@ impl Inventory {
             })
             .since;
         let batch = state.owner_batches.get(region)?;
-        let current = batch.asked.contains(&owner.uid)
-            && batch.started_at >= since
-            && batch.started_at.elapsed() <= WATCH_INTERVAL * 5;
+        let current =
+            batch.asked.contains(&owner.uid) && batch.started_at >= since && recent(batch.started_at, batch.took);
         current.then(|| batch.shown.get(&owner.uid).cloned().unwrap_or_default())
     }
 
@@ -271,20 +272,19 @@ impl Inventory {
         }
     }
 
-    /// Every [`WATCH_INTERVAL`], describe the watched instances (see [`Inventory::describe_watched`])
+    /// Every [`WATCH_INTERVAL`] (see [`watch_pause`]), describe the watched instances (see [`Inventory::describe_watched`])
     /// and ask for the objects whose instance changed to be reconciled at once: a launch or a
     /// termination is seen within a second, not at the object's next requeue.
     pub async fn run_watch(&self, changed: mpsc::Sender<ObjectRef<Ec2Instance>>) {
-        let mut ticker = tokio::time::interval(WATCH_INTERVAL);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let started = Instant::now();
             for owner in self.describe_watched().await {
                 // Full: the objects' own requeues are the safety net. Closed: shutting down.
                 if let Err(mpsc::error::TrySendError::Closed(_)) = changed.try_send(owner) {
                     return;
                 }
             }
+            tokio::time::sleep(watch_pause(started.elapsed())).await;
         }
     }
 
@@ -316,6 +316,7 @@ impl Inventory {
                 Ok(found) => {
                     let batch = Batch {
                         started_at,
+                        took: started_at.elapsed(),
                         asked: ids.into_iter().collect(),
                         shown: found.into_iter().map(|i| (i.id.clone(), i)).collect(),
                     };
@@ -392,6 +393,7 @@ impl Inventory {
             }
             let batch = OwnerBatch {
                 started_at,
+                took: started_at.elapsed(),
                 asked: uids.into_iter().collect(),
                 shown,
             };
@@ -481,6 +483,20 @@ impl Inventory {
         self.state().snapshots.insert(region.to_owned(), snapshot);
         Ok(count)
     }
+}
+
+/// A batch that began at `started_at` and took `took` is recent enough to act on: within five
+/// ticks, or three times its own length when EC2 answers slowly (else, with a large fleet in
+/// transition, every answer would be stale by the time its objects read it).
+fn recent(started_at: Instant, took: Duration) -> bool {
+    started_at.elapsed() <= (WATCH_INTERVAL * 5).max(took * 3)
+}
+
+/// The pause after a batch that took `took`: a tick's remainder, and never less than the batch
+/// itself, so that when EC2 answers slowly (a large fleet in transition, a throttled account)
+/// the batches take at most half of what it serves and launches and other calls get the rest.
+fn watch_pause(took: Duration) -> Duration {
+    WATCH_INTERVAL.saturating_sub(took).max(took)
 }
 
 /// The owners of the instances `batch` shows differently from `previous` (or for the first time).
@@ -622,9 +638,29 @@ mod tests {
     }
 
     #[test]
+    fn a_slow_batch_stays_recent_for_three_times_its_length() {
+        let ago = |secs| Instant::now() - Duration::from_secs(secs);
+        assert!(recent(ago(4), Duration::ZERO), "within five ticks");
+        assert!(!recent(ago(6), Duration::from_secs(1)), "a quick batch goes stale");
+        assert!(
+            recent(ago(12), Duration::from_secs(5)),
+            "a 5 s batch is read up to 15 s on"
+        );
+    }
+
+    #[test]
+    fn batches_tick_every_second_and_never_take_more_than_half_of_ec2s_time() {
+        let ms = Duration::from_millis;
+        assert_eq!(watch_pause(ms(200)), ms(800), "a quick batch: the rest of the second");
+        assert_eq!(watch_pause(ms(700)), ms(700), "slower: as long again");
+        assert_eq!(watch_pause(ms(4000)), ms(4000));
+    }
+
+    #[test]
     fn a_batch_asks_for_the_objects_whose_instance_changed_and_no_others() {
         let batch_of = |instances: &[ObservedInstance]| Batch {
             started_at: Instant::now(),
+            took: Duration::ZERO,
             asked: instances.iter().map(|i| i.id.clone()).collect(),
             shown: instances.iter().map(|i| (i.id.clone(), i.clone())).collect(),
         };
