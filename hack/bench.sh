@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # `make bench` (hack/bench.sh fleet) and `make bench-peers` (hack/bench.sh peers): the fleet
 # benchmark of tests/bench.rs on the test bed, with the operator's release build, then the plot.
-# N (default 1000) sets the fleet size; BENCH_STEADY_SECONDS (300) the steady window.
+# N (default 1000) sets the fleet size; BENCH_STEADY_SECONDS (300) the steady window,
+# BENCH_SETTLE_SECONDS (60) the wait before it, BENCH_DRIFT_WINDOW_SECONDS (600) how long a drift
+# repair is waited for, BENCH_SHARDS=0 skips the two-shard phase (it builds the fleet again).
 # LocalStack is restarted empty before every run: whatever the bed's EC2 held is gone.
 set -euo pipefail
 

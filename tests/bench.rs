@@ -40,6 +40,8 @@ struct Settings {
     steady: Duration,
     settle: Duration,
     drift_window: Duration,
+    /// Run phase 7 (it creates and deletes the fleet once more).
+    shards: bool,
     operator_bin: String,
 }
 
@@ -53,6 +55,7 @@ impl Settings {
             steady: Duration::from_secs(number("BENCH_STEADY_SECONDS", 300)),
             settle: Duration::from_secs(number("BENCH_SETTLE_SECONDS", 60)),
             drift_window: Duration::from_secs(number("BENCH_DRIFT_WINDOW_SECONDS", 600)),
+            shards: number("BENCH_SHARDS", 1) == 1,
             operator_bin: std::env::var("BENCH_OPERATOR_BIN")
                 .unwrap_or_else(|_| format!("{ROOT}/target/release/ec2-operator")),
         }
@@ -90,8 +93,12 @@ async fn bench_fleet() {
     drop(ours);
 
     // 7. Two operators on disjoint label selectors, each through its own strict EC2.
-    fresh_localstack();
-    let shards = shards(&bed, &settings).await;
+    let shards = if settings.shards {
+        fresh_localstack();
+        shards(&bed, &settings).await
+    } else {
+        Value::Null
+    };
 
     report.insert("n", json!(n));
     report.insert("floor_seconds", json!(floor_n.create_seconds));
