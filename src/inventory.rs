@@ -220,12 +220,22 @@ impl Inventory {
             .collect()
     }
 
+    /// `id` joins the next batches: an object that just changed it (launched, started,
+    /// stopped) is reconciled as soon as a batch shows the change.
+    pub fn follow(&self, region: &str, id: &str) {
+        let mut state = self.state();
+        state
+            .watched
+            .entry(region.to_owned())
+            .or_default()
+            .insert(id.to_owned(), Instant::now());
+    }
+
     /// What the last batch says about `id`, for an object in transition; the instance joins
     /// the next batches.
     pub fn watch(&self, region: &str, id: &str) -> Watched {
-        let mut state = self.state();
-        let asked = state.watched.entry(region.to_owned()).or_default();
-        asked.insert(id.to_owned(), Instant::now());
+        self.follow(region, id);
+        let state = self.state();
         let Some(batch) = state.batches.get(region) else {
             return Watched::Pending;
         };

@@ -136,6 +136,10 @@ pub async fn reconcile(obj: Arc<Ec2Instance>, ctx: Arc<Context>) -> Result<Actio
             debug!("{what}");
             Ok(Action::requeue(ctx.timing.transition_interval))
         }
+        Err(Error::WaitingForPoll) => {
+            debug!("waiting for a good poll of EC2");
+            Ok(Action::requeue(ctx.timing.poll_interval))
+        }
         Err(err) => {
             ctx.failed(&obj, &err).await;
             Err(err)
@@ -230,8 +234,10 @@ impl<'a> Reconciler<'a> {
         let current = self.execute(&steps, observed).await?;
         let readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
         let settled = readiness.ready && steps.is_empty();
-        if settled && let Some(instance) = &current {
-            self.ctx.inventory.unwatch(&self.region, &instance.id);
+        match &current {
+            Some(instance) if settled => self.ctx.inventory.unwatch(&self.region, &instance.id),
+            Some(instance) => self.ctx.inventory.follow(&self.region, &instance.id),
+            None => {}
         }
         let ready = readiness.ready;
         let applied = decide::applied_tag_keys(&self.obj.spec);
@@ -286,7 +292,7 @@ impl<'a> Reconciler<'a> {
                     decide::choose(owned, None)
                 }
                 Some(_) => self.find().await?,
-                None => return Ok(None),
+                None => return Err(Error::WaitingForPoll),
             },
         };
         let new: Vec<&str> = found
@@ -410,12 +416,16 @@ impl<'a> Reconciler<'a> {
     /// failing, the deletion waits for it.
     async fn owned_while_deleting(&self) -> Result<Vec<ObservedInstance>> {
         let Some(polled) = self.ctx.inventory.owned(&self.region, &self.owner.uid) else {
-            return Err(Error::Waiting("waiting for a fresh poll of EC2".into()));
+            return Err(Error::WaitingForPoll);
         };
         let mut found = match self.status_id().map(|id| self.ctx.inventory.watch(&self.region, id)) {
             Some(Watched::Seen(instance)) => decide::owned(vec![*instance], &self.owner),
-            Some(Watched::Pending) => return Err(Error::Waiting("waiting for EC2 to show the instance".into())),
-            Some(Watched::Missing) | None => Vec::new(),
+            // No batch yet: the poll's view will do for terminating (idempotent), unless the
+            // operator changed one of these instances since that poll began.
+            Some(Watched::Pending) if self.ctx.inventory.changed_since_poll(&self.region, &polled) => {
+                return Err(Error::Waiting("waiting for EC2 to show the instance".into()));
+            }
+            Some(Watched::Pending | Watched::Missing) | None => Vec::new(),
         };
         for instance in polled {
             if !found.iter().any(|f| f.id == instance.id) {
