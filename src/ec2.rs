@@ -60,6 +60,11 @@ const MAX_FILTER_VALUES: usize = 200;
 /// How long one EC2 request may take before it is abandoned and retried.
 pub const ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A DescribeInstances page of up to 1,000 instances gets this many times the attempt timeout:
+/// its answer grows with the fleet, and at 10 s a slow endpoint failed every fleet poll of 1,000
+/// (every new or deleted object waits for a good poll).
+const PAGE_TIMEOUT_FACTOR: u32 = 3;
+
 /// Bounds on every EC2 call: without them a hung connection wedges its object and, for the
 /// fleet poll, every object. An operation (all its retries) gets three attempts' worth.
 pub fn timeout_config(attempt: Duration) -> aws_config::timeout::TimeoutConfig {
@@ -341,15 +346,24 @@ impl Ec2 {
         let mut found = Vec::new();
         loop {
             self.count("DescribeInstances");
-            let page = self
+            let mut request = self
                 .client
                 .describe_instances()
                 .set_instance_ids(ids.clone())
                 .set_filters(filters.clone())
                 .set_max_results(max_results)
                 .set_next_token(next_token.take())
-                .send()
-                .await;
+                .customize();
+            let attempt = self
+                .client
+                .config()
+                .timeout_config()
+                .and_then(|t| t.operation_attempt_timeout());
+            if let (Some(_), Some(attempt)) = (max_results, attempt) {
+                let timeouts = timeout_config(attempt * PAGE_TIMEOUT_FACTOR);
+                request = request.config_override(aws_sdk_ec2::config::Builder::default().timeout_config(timeouts));
+            }
+            let page = request.send().await;
             let page = match page {
                 Ok(page) => page,
                 Err(err) if ids.is_some() && is_unknown_instance(&err) => return Ok(Vec::new()),

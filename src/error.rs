@@ -35,6 +35,11 @@ pub enum Error {
     #[error("waiting: {0}")]
     Waiting(String),
 
+    /// Not a failure either: waits for a good fleet poll, which reconciles every object when
+    /// it comes; `reconcile` requeues it a poll interval later, as a safety net only.
+    #[error("waiting for a good poll of EC2")]
+    WaitingForPoll,
+
     /// The instance died on its own at launch for a reason a new launch would meet again (a
     /// `Client.*` state reason such as a bad KMS key): not replaced until the spec changes.
     #[error("instance {id} died at launch: {reason}; change the spec to try again")]
@@ -54,7 +59,7 @@ impl Error {
         match self {
             Error::Aws(fault) => fault.retryable,
             Error::Kube(_) => true,
-            Error::Waiting(_) => true,
+            Error::Waiting(_) | Error::WaitingForPoll => true,
             Error::InstanceDied { .. } | Error::Invalid(_) => false,
         }
     }
@@ -64,7 +69,7 @@ impl Error {
         match self {
             Error::Aws(fault) => format!("aws:{}", fault.code),
             Error::Kube(_) => "kube".into(),
-            Error::Waiting(_) => "waiting".into(),
+            Error::Waiting(_) | Error::WaitingForPoll => "waiting".into(),
             Error::InstanceDied { .. } => "instance_died".into(),
             Error::Invalid(_) => "invalid".into(),
         }
