@@ -69,6 +69,8 @@ async fn bench_fleet() {
     let n = settings.n;
     let bed = Bed::connect().await;
     let mut report = BTreeMap::<&str, Value>::new();
+    // What is measured, as it was when the run began.
+    report.insert("versions", versions(&bed).await);
     println!("bench: N={n}, steady {} s", settings.steady.as_secs());
 
     // 1. The floor, for one instance and for N.
@@ -136,7 +138,6 @@ async fn bench_fleet() {
     report.insert("peak_rss_mib", json!(peak_rss_mib));
     report.insert("localstack_instances_at_end", json!(localstack_instances));
     report.insert("shards", shards);
-    report.insert("versions", versions(&bed).await);
 
     print_table(&report);
     write_results("fleet", n, &report);
@@ -147,6 +148,7 @@ async fn bench_fleet() {
 async fn bench_peers() {
     let settings = Settings::from_env();
     let bed = Bed::connect().await;
+    let versions = versions(&bed).await;
     let mut rows = BTreeMap::<&str, Value>::new();
     println!("bench-peers: N={}, steady {} s", settings.n, settings.steady.as_secs());
     install_ack_crds();
@@ -192,7 +194,7 @@ async fn bench_peers() {
     report.insert("n", json!(settings.n));
     report.insert("steady_seconds", json!(settings.steady.as_secs()));
     report.insert("rows", json!(rows));
-    report.insert("versions", versions(&bed).await);
+    report.insert("versions", versions);
     write_results("peers", settings.n, &report);
 }
 
