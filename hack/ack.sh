@@ -6,6 +6,9 @@
 #   hack/ack.sh crds         print the paths of the CRD YAMLs to apply (kubectl apply -f each)
 #   hack/ack.sh run [ARGS]   exec the controller against the bed; ARGS are appended to its flags
 #
+# By hand: apply the CRDs, start `run`, then `kubectl apply -f bench/ack-instance.yaml` (one ACK
+# Instance; tests/bench.rs makes the same spec for each of its objects).
+#
 # Env for run (defaults in brackets): ACK_ENDPOINT_URL [$STRICT_EC2_ENDPOINT from hack/bed.sh env],
 #   ACK_IDENTITY_ENDPOINT_URL, STS for the account-id lookup at start [a stub this script starts on
 #   loopback, answering account ACK_ACCOUNT_ID (000000000000) and gone when the controller is],
