@@ -230,25 +230,19 @@ impl Ec2 {
     /// `instance-id` filter, unlike `InstanceIds`, leaves out ids EC2 does not show yet rather
     /// than failing the whole call).
     pub async fn describe_some(&self, ids: &[String]) -> Result<Vec<ObservedInstance>> {
-        let mut found = Vec::new();
-        for chunk in ids.chunks(MAX_FILTER_VALUES) {
-            let filter = Filter::builder()
-                .name("instance-id")
-                .set_values(Some(chunk.to_vec()))
-                .build();
-            found.extend(self.describe(None, Some(vec![filter])).await?);
-        }
-        Ok(found)
+        self.describe_matching("instance-id", ids).await
     }
 
     /// Instances whose `key` tag is any of `values`, in as few calls as filters allow.
     pub async fn describe_by_tag_values(&self, key: &str, values: &[String]) -> Result<Vec<ObservedInstance>> {
+        self.describe_matching(&format!("tag:{key}"), values).await
+    }
+
+    /// Instances whose filter `name` is any of `values`, [`MAX_FILTER_VALUES`] values a call.
+    async fn describe_matching(&self, name: &str, values: &[String]) -> Result<Vec<ObservedInstance>> {
         let mut found = Vec::new();
         for chunk in values.chunks(MAX_FILTER_VALUES) {
-            let filter = Filter::builder()
-                .name(format!("tag:{key}"))
-                .set_values(Some(chunk.to_vec()))
-                .build();
+            let filter = Filter::builder().name(name).set_values(Some(chunk.to_vec())).build();
             found.extend(self.describe(None, Some(vec![filter])).await?);
         }
         Ok(found)

@@ -301,18 +301,10 @@ impl Inventory {
     /// One batch: every instance an object asked about recently, one describe per region.
     /// Returns the owners of the instances that changed since the batch before.
     pub async fn describe_watched(&self) -> Vec<ObjectRef<Ec2Instance>> {
-        let asked: Vec<(String, Vec<String>)> = {
+        let asked = {
             let mut state = self.state();
             let State { watched, batches, .. } = &mut *state;
-            watched.retain(|_, ids| {
-                ids.retain(|_, at| at.elapsed() < WATCH_EXPIRY);
-                !ids.is_empty()
-            });
-            batches.retain(|region, _| watched.contains_key(region));
-            watched
-                .iter()
-                .map(|(region, ids)| (region.clone(), ids.keys().cloned().collect()))
-                .collect()
+            still_asked(watched, batches, |at| *at)
         };
         let batches = asked.iter().map(|(region, ids)| async move {
             let started_at = Instant::now();
@@ -345,22 +337,14 @@ impl Inventory {
     /// The owner batch of each region where a deletion asked; returns the objects whose answer
     /// is new.
     async fn describe_watched_owners(&self) -> Vec<ObjectRef<Ec2Instance>> {
-        let asked: Vec<(String, Vec<String>)> = {
+        let asked = {
             let mut state = self.state();
             let State {
                 watched_owners,
                 owner_batches,
                 ..
             } = &mut *state;
-            watched_owners.retain(|_, owners| {
-                owners.retain(|_, ask| ask.since.elapsed() < WATCH_EXPIRY);
-                !owners.is_empty()
-            });
-            owner_batches.retain(|region, _| watched_owners.contains_key(region));
-            watched_owners
-                .iter()
-                .map(|(region, owners)| (region.clone(), owners.keys().cloned().collect()))
-                .collect()
+            still_asked(watched_owners, owner_batches, |ask| ask.since)
         };
         let batches = asked.iter().map(|(region, uids)| async move {
             let started_at = Instant::now();
@@ -493,6 +477,24 @@ impl Inventory {
         self.state().snapshots.insert(region.to_owned(), snapshot);
         Ok(count)
     }
+}
+
+/// Drops the asks older than [`WATCH_EXPIRY`], and the batches of regions nobody asks about any
+/// more; returns what is still asked, by region.
+fn still_asked<A, B>(
+    asked: &mut HashMap<String, HashMap<String, A>>,
+    batches: &mut HashMap<String, B>,
+    since: impl Fn(&A) -> Instant,
+) -> Vec<(String, Vec<String>)> {
+    asked.retain(|_, keys| {
+        keys.retain(|_, ask| since(ask).elapsed() < WATCH_EXPIRY);
+        !keys.is_empty()
+    });
+    batches.retain(|region, _| asked.contains_key(region));
+    asked
+        .iter()
+        .map(|(region, keys)| (region.clone(), keys.keys().cloned().collect()))
+        .collect()
 }
 
 /// A batch that began at `started_at` and took `took` is recent enough to act on: within five
