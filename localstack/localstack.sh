@@ -98,9 +98,10 @@ wait_healthy() {
   return 1
 }
 
-# LocalStack's entry point with moto_tags.py loaded first (moto's tag lookup made linear; same
-# answers). The command line still names localstack.runtime.main, which our_pid looks for.
-RUN_MAIN='import moto_tags, runpy; runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)'
+# LocalStack's entry point with moto_tags.py and moto_fast.py loaded first (moto's tag and instance
+# lookups made independent of how many instances it holds; same answers). The command line still
+# names localstack.runtime.main, which our_pid looks for.
+RUN_MAIN='import moto_tags, moto_fast, runpy; runpy.run_module("localstack.runtime.main", run_name="__main__", alter_sys=True)'
 
 start() {
   mkdir -p "$STATE/fs" "$STATE/config"

@@ -35,6 +35,13 @@ subnet = subnets[0]["SubnetId"] if subnets else ec2.create_subnet(
     VpcId=vpc, CidrBlock="10.77.1.0/24", AvailabilityZone="us-east-1a",
     TagSpecifications=tags(NAME, "subnet"))["Subnet"]["SubnetId"]
 
+# Room for a benchmark fleet: a /24 holds 251 instances and the default VPC's subnets ~4,000.
+FLEET = f"{NAME}-fleet"
+fleet = ec2.describe_subnets(Filters=ours(FLEET, in_vpc))["Subnets"]
+fleet_subnet = fleet[0]["SubnetId"] if fleet else ec2.create_subnet(
+    VpcId=vpc, CidrBlock="10.77.128.0/17", AvailabilityZone="us-east-1a",
+    TagSpecifications=tags(FLEET, "subnet"))["Subnet"]["SubnetId"]
+
 sgs = []
 for name in (f"{NAME}-sg-1", f"{NAME}-sg-2"):
     found = ec2.describe_security_groups(Filters=ours(name, in_vpc))["SecurityGroups"]
@@ -50,6 +57,7 @@ if not ec2.describe_images(ImageIds=[IMAGE_ID])["Images"]:
 
 print(f"TEST_VPC_ID={vpc}")
 print(f"TEST_SUBNET_ID={subnet}")
+print(f"TEST_FLEET_SUBNET_ID={fleet_subnet}")
 print(f"TEST_SECURITY_GROUP_ID={sgs[0]}")
 print(f"TEST_SECURITY_GROUP_ID_2={sgs[1]}")
 print(f"TEST_IMAGE_ID={IMAGE_ID}")
