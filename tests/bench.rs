@@ -74,16 +74,16 @@ async fn bench_fleet() {
     println!("bench: N={n}, steady {} s", settings.steady.as_secs());
 
     // 1. The floor, for one instance and for N.
-    fresh_localstack();
+    let subnet = fresh_localstack();
     let proxy = FaultyEc2::start(&[]);
-    let floor_one = floor(&bed, &proxy, 1).await;
-    let floor_n = floor(&bed, &proxy, n).await;
+    let floor_one = floor(&bed, &proxy, 1, &subnet).await;
+    let floor_n = floor(&bed, &proxy, n, &subnet).await;
     println!("floor: one {floor_one:?}\nfloor: N {floor_n:?}");
     drop(proxy);
 
     // 2-6. One operator through everything, on a fresh emulator.
-    fresh_localstack();
-    let ours = Run::start(&bed, Kind::Ours, &settings, "bench").await;
+    let subnet = fresh_localstack();
+    let ours = Run::start(&bed, Kind::Ours, &settings, "bench", subnet).await;
     let single = ours.create(&bed, "one", 1, &BTreeMap::new()).await;
     ours.delete_all(&bed).await;
     let create = ours.create(&bed, "obj", n, &BTreeMap::new()).await;
@@ -96,8 +96,8 @@ async fn bench_fleet() {
 
     // 7. Two operators on disjoint label selectors, each through its own strict EC2.
     let shards = if settings.shards {
-        fresh_localstack();
-        shards(&bed, &settings).await
+        let subnet = fresh_localstack();
+        shards(&bed, &settings, &subnet).await
     } else {
         Value::Null
     };
@@ -162,8 +162,8 @@ async fn bench_peers() {
             },
         ),
     ] {
-        fresh_localstack();
-        let run = Run::start(&bed, kind, &settings, "peers").await;
+        let subnet = fresh_localstack();
+        let run = Run::start(&bed, kind, &settings, "peers", subnet).await;
         let create = run.create(&bed, "obj", settings.n, &BTreeMap::new()).await;
         let steady = run.steady(&bed, settings.settle, settings.steady).await;
         let drift = run.drift(&bed, settings.drift_window).await;
@@ -224,10 +224,11 @@ impl Kind {
         }
     }
 
-    fn manifest(self, bed: &Bed, name: &str, labels: &BTreeMap<String, String>) -> DynamicObject {
+    fn manifest(self, bed: &Bed, name: &str, labels: &BTreeMap<String, String>, subnet: &str) -> DynamicObject {
+        let image = &bed.seed.image_id;
         let spec = match self {
-            Kind::Ours => json!({ "imageId": bed.seed.image_id, "instanceType": "t3.micro" }),
-            Kind::Ack { .. } => json!({ "imageID": bed.seed.image_id, "instanceType": "t3.micro" }),
+            Kind::Ours => json!({ "imageId": image, "instanceType": "t3.micro", "subnetId": subnet }),
+            Kind::Ack { .. } => json!({ "imageID": image, "instanceType": "t3.micro", "subnetID": subnet }),
         };
         let mut object = DynamicObject::new(name, &self.resource()).data(json!({ "spec": spec }));
         object.metadata.labels = Some(labels.clone());
@@ -263,6 +264,8 @@ impl Kind {
 struct Run {
     kind: Kind,
     ns: String,
+    /// Where its instances go (room for the whole fleet).
+    subnet: String,
     api: Api<DynamicObject>,
     proxy: FaultyEc2,
     process: Process,
@@ -276,7 +279,7 @@ enum Process {
 }
 
 impl Run {
-    async fn start(bed: &Bed, kind: Kind, settings: &Settings, label: &str) -> Run {
+    async fn start(bed: &Bed, kind: Kind, settings: &Settings, label: &str, subnet: String) -> Run {
         let ns = bed.namespace(label).await;
         let proxy = FaultyEc2::start(&[]);
         let env = [("AWS_ENDPOINT_URL", proxy.endpoint.as_str())];
@@ -290,6 +293,7 @@ impl Run {
         Run {
             kind,
             ns,
+            subnet,
             api,
             proxy,
             process,
@@ -318,7 +322,7 @@ impl Run {
         let before = self.snapshot(bed).await;
         let started = Instant::now();
         let names: Vec<String> = (0..count).map(|i| format!("{prefix}-{i:05}")).collect();
-        let created_at = create_all(bed, &self.api, self.kind, &names, labels).await;
+        let created_at = create_all(bed, &self.api, self.kind, &names, labels, &self.subnet).await;
         wait_for(&format!("{count} {prefix} objects Ready"), || {
             let track = self.track.lock().unwrap();
             names.iter().all(|name| track.ready_at.contains_key(name))
@@ -652,7 +656,7 @@ fn ratio(a: f64, b: f64) -> f64 {
 
 /// The emulator alone: `n` RunInstances (one instance each, with a ClientToken, as the operator
 /// sends them), describes until all run, `n` TerminateInstances, describes until all are gone.
-async fn floor(bed: &Bed, proxy: &FaultyEc2, n: usize) -> FloorRun {
+async fn floor(bed: &Bed, proxy: &FaultyEc2, n: usize, subnet: &str) -> FloorRun {
     let aws = aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
     let ec2 = aws_sdk_ec2::Client::from_conf(
         aws_sdk_ec2::config::Builder::from(&aws)
@@ -675,6 +679,7 @@ async fn floor(bed: &Bed, proxy: &FaultyEc2, n: usize) -> FloorRun {
                 .run_instances()
                 .image_id(image)
                 .instance_type("t3.micro".into())
+                .subnet_id(subnet)
                 .min_count(1)
                 .max_count(1)
                 .client_token(token)
@@ -737,7 +742,7 @@ async fn wait_for_states(ec2: &aws_sdk_ec2::Client, filter: &Filter, n: usize, s
 }
 
 /// Two operators, selectors `shard=a` and `shard=b`, half the objects each.
-async fn shards(bed: &Bed, settings: &Settings) -> Value {
+async fn shards(bed: &Bed, settings: &Settings, subnet: &str) -> Value {
     let ns = bed.namespace("shards").await;
     let start = |shard: &str| {
         let proxy = FaultyEc2::start(&[]);
@@ -756,7 +761,7 @@ async fn shards(bed: &Bed, settings: &Settings) -> Value {
     for shard in ["a", "b"] {
         let labels = BTreeMap::from([("shard".to_owned(), shard.to_owned())]);
         let names: Vec<String> = (0..settings.n / 2).map(|i| format!("{shard}-{i:05}")).collect();
-        create_all(bed, &api, Kind::Ours, &names, &labels).await;
+        create_all(bed, &api, Kind::Ours, &names, &labels, subnet).await;
     }
     let total = settings.n / 2 * 2;
     wait_for(&format!("{total} sharded objects Ready"), || {
@@ -796,9 +801,10 @@ async fn create_all(
     kind: Kind,
     names: &[String],
     labels: &BTreeMap<String, String>,
+    subnet: &str,
 ) -> HashMap<String, Instant> {
     futures::stream::iter(names.iter().map(|name| {
-        let object = kind.manifest(bed, name, labels);
+        let object = kind.manifest(bed, name, labels, subnet);
         async move {
             api.create(&PostParams::default(), &object)
                 .await
@@ -852,8 +858,9 @@ fn install_ack_crds() {
 }
 
 /// Restarts LocalStack (and the bed's strict EC2) with nothing in it: its describes cost more
-/// with every instance it ever held, so every run starts from the same empty emulator.
-fn fresh_localstack() {
+/// with every instance it ever held, so every run starts from the same empty emulator. Returns
+/// the seeded subnet with room for the fleet (its id is new with every start).
+fn fresh_localstack() -> String {
     for step in ["down", "up"] {
         let status = Command::new(format!("{ROOT}/localstack/localstack.sh"))
             .arg(step)
@@ -862,6 +869,16 @@ fn fresh_localstack() {
             .expect("localstack.sh runs");
         assert!(status.success(), "localstack.sh {step} failed");
     }
+    let env = Command::new(format!("{ROOT}/localstack/localstack.sh"))
+        .arg("env")
+        .output()
+        .expect("localstack.sh runs");
+    String::from_utf8_lossy(&env.stdout)
+        .lines()
+        .find_map(|line| line.strip_prefix("export TEST_FLEET_SUBNET_ID="))
+        .expect("the seed prints TEST_FLEET_SUBNET_ID")
+        .trim_matches(['"', '\''])
+        .to_owned()
 }
 
 /// States of these instances, straight from LocalStack.
