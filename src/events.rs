@@ -2,7 +2,7 @@
 //! decisions name a reason, the reconcile shell publishes it.
 
 /// Why the operator did something to an instance.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     Launched,
     /// The instance vanished or was terminated out of band and a new one was launched.

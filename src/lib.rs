@@ -5,8 +5,8 @@
 //! - the pure core: `model` (instances, steps, tags) and `decide` (observed + desired -> steps),
 //!   with `events` (reasons) and `error`; no I/O;
 //! - the I/O shell: `ec2` (every EC2 call), `inventory` (the fleet poll), `status` (server-side
-//!   apply), `backoff`, `reconcile` (the thin loop that ties them together), and `orphans`
-//!   (instances whose object is gone);
+//!   apply), `recorder` (Events), `backoff`, `reconcile` (the thin loop that ties them together),
+//!   and `orphans` (instances whose object is gone);
 //! - the wiring: `operator`, `admin`, `metrics`, `config`, then `main`.
 
 pub mod admin;
@@ -23,6 +23,7 @@ pub mod model;
 pub mod operator;
 pub mod orphans;
 pub mod reconcile;
+pub mod recorder;
 pub mod status;
 
 #[cfg(test)]

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use kube::Client;
 use kube::api::{Api, ResourceExt};
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{Event as Finalizer, finalizer};
-use kube::{Client, Resource};
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
@@ -21,6 +20,7 @@ use crate::events::Reason;
 use crate::inventory::{Inventory, Sighting, WATCH_INTERVAL, Watched};
 use crate::metrics::Metrics;
 use crate::model::{InstanceState, ObservedInstance, Owner, Step};
+use crate::recorder::Recorder;
 use crate::status;
 
 pub const FINALIZER: &str = "k106.com/terminate-instance";
@@ -56,12 +56,8 @@ impl Context {
         timing: Timing,
         cluster_id: String,
     ) -> Self {
-        let reporter = Reporter {
-            controller: "ec2-operator".into(),
-            instance: None,
-        };
         Self {
-            recorder: Recorder::new(client.clone(), reporter),
+            recorder: Recorder::new(client.clone()),
             inventory: Inventory::new(ec2.clone(), cluster_id.clone(), timing.poll_interval),
             backoff: Backoff::new(timing.terminal_retry_interval),
             client,
@@ -98,18 +94,7 @@ impl Context {
 
     async fn publish(&self, obj: &Ec2Instance, reason: Reason, note: String) {
         info!(reason = reason.as_str(), "{note}");
-        let event = Event {
-            type_: if reason.is_warning() {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            reason: reason.as_str().into(),
-            note: Some(crate::events::truncate_note(note)),
-            action: reason.as_str().into(),
-            secondary: None,
-        };
-        if let Err(err) = self.recorder.publish(&event, &obj.object_ref(&())).await {
+        if let Err(err) = self.recorder.publish(obj, reason, note).await {
             warn!(error = %err, "could not publish event");
         }
     }
