@@ -72,7 +72,20 @@ async fn work(
 ) -> anyhow::Result<()> {
     if let Some((standing, _)) = &mut lease {
         info!("standing by until this replica holds the leader lease");
-        standing.wait_for(|leader| *leader).await?;
+        // A standby stops when told to, as fast as a leader: during a rollout it must not wait
+        // out the grace period, nor take the lease its old leader just released.
+        let stopped = tokio::select! {
+            won = standing.wait_for(|leader| *leader) => {
+                won?;
+                false
+            }
+            () = stop_signal() => true,
+        };
+        if stopped {
+            info!("stopped while standing by");
+            release(lease).await;
+            return Ok(());
+        }
         info!("leading");
         leading.store(true, Ordering::Relaxed);
     }
@@ -107,12 +120,27 @@ async fn work(
         // Crash-only: a replica that lost the lease exits and comes back standing by.
         _ = lost => Err(anyhow::anyhow!("lost the leader lease")),
     };
+    release(lease).await;
+    outcome
+}
+
+async fn release(lease: Option<Lease>) {
     if let Some((leader, manager)) = lease {
         // Closing the channel releases the lease: the next replica need not wait it out.
         drop(leader);
         let _ = tokio::time::timeout(std::time::Duration::from_secs(3), manager).await;
     }
-    outcome
+}
+
+/// SIGTERM (how Kubernetes stops a pod) or Ctrl-C: the signals `shutdown_on_signal` stops a
+/// leading controller on.
+async fn stop_signal() {
+    let mut terminate =
+        tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("a SIGTERM handler installs");
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
 }
 
 /// With `--leader-elect`: a Lease manager and the channel that says whether this replica leads.

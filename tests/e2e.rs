@@ -615,6 +615,36 @@ async fn one_leader_acts_and_a_standby_takes_over_when_it_is_killed() {
 
 #[tokio::test]
 #[ignore = "needs the test bed: run `make test`"]
+async fn a_standby_stops_at_once_on_sigterm() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("standby").await;
+    let lease = ["--leader-elect", "--lease-namespace", ns.as_str()];
+    let leader = Operator::start_with(&ns, &lease);
+    eventually("the first replica leads", MINUTE, || async {
+        leader
+            .log_text()
+            .contains("ec2_operator::operator: leading")
+            .then_some(())
+    })
+    .await;
+    let mut standby = Operator::start_with(&ns, &lease);
+    eventually("the second stands by", MINUTE, || async {
+        standby.log_text().contains("standing by").then_some(())
+    })
+    .await;
+
+    // Kubernetes stops a pod with SIGTERM and kills it 30 s later: a standby that ignored the
+    // signal held every rollout up by the whole grace period.
+    let asked = std::time::Instant::now();
+    let exit = standby.terminate();
+    let took = asked.elapsed();
+    assert!(exit.success(), "{exit:?}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(standby.log_text().contains("stopped while standing by"));
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
 async fn faults_and_dropped_responses_cost_retries_not_duplicates_or_leaks() {
     // 15% of requests fail (5xx), 10% are carried out but their answer is dropped, 20 ms latency,
     // on top of the eventual consistency; and every object's first RunInstances is carried out
