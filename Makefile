@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status demo test test-chaos bench bench-peers unit lint fmt crds build
+.PHONY: help up down status demo test test-chaos bench bench-peers unit lint fmt crds build helm
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -46,9 +46,13 @@ crds: build ## Regenerate crds/ from the Rust types
 	@# Through a temp file, so a failed run never leaves an empty CRD behind.
 	target/debug/crdgen > crds/.ec2instance.yaml.tmp
 	mv crds/.ec2instance.yaml.tmp crds/ec2instance.yaml
+	cp crds/ec2instance.yaml deploy/helm/ec2-operator/crds/ec2instance.yaml
 
 # One dev build for everything (demo, tests, crdgen): `--all-targets` turns on the dev-dependencies'
 # features (aws-smithy-mocks' test-util), and any build without them, such as `cargo run --bin`,
 # would compile aws-sdk-ec2 a second time (about 6 minutes on 2 cores).
 build: ## Build the operator, crdgen and the tests (debug)
 	cargo build --locked --all-targets
+
+helm: ## Build the pinned helm (v3.22.0) from the Go module proxy into .cache/bin
+	@hack/helm.sh install

@@ -16,6 +16,8 @@ fi
 # Build first, while the bed comes up: the cold build and the cold bed are the long poles.
 make -s build 2>&1 | tail -n 3 &
 build=$!
+hack/helm.sh install &
+helm=$!
 if [ "$started" = 1 ]; then
   hack/bed.sh up
 else
@@ -24,6 +26,7 @@ else
   hack/bed.sh stop-operator
 fi
 wait "$build"
+wait "$helm"
 
 eval "$(hack/bed.sh env)"
 case "${1:-all}" in

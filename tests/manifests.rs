@@ -187,3 +187,304 @@ fn the_dashboard_and_the_alerts_read_only_metrics_the_operator_exposes() {
         }
     }
 }
+
+// The Helm chart (deploy/helm/ec2-operator) and the kustomize install (deploy/) side by side.
+
+const CHART: &str = "deploy/helm/ec2-operator";
+/// The release name and namespace the README installs with, and deploy/ hard-codes.
+const RELEASE: &str = "ec2-operator";
+
+/// Runs a program in the repository, with `stdin` as its input.
+fn output(program: &str, args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    let mut child = std::process::Command::new(program)
+        .args(args)
+        .current_dir(ROOT)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("{program}: {e}"));
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// Runs a program in the repository and returns its stdout; fails the test with its stderr.
+fn run(program: &str, args: &[&str]) -> String {
+    let out = output(program, args, "");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{program} {args:?} failed:\n{stderr}");
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// `helm ARGS`, with the pinned helm that `hack/helm.sh install` builds from the Go module proxy
+/// into .cache/bin (`make test` builds it first; here it is built once per test binary if missing).
+fn helm(args: &[&str]) -> String {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        run(&format!("{ROOT}/hack/helm.sh"), &["install"]);
+    });
+    run(&format!("{ROOT}/.cache/bin/helm"), args)
+}
+
+/// `helm template` of the chart as release `ec2-operator` in `namespace`, CRD included.
+fn helm_template(namespace: &str, values: &[&str]) -> Vec<serde_json::Value> {
+    let mut args = vec!["template", RELEASE, CHART, "--namespace", namespace, "--include-crds"];
+    for value in values {
+        args.extend(["--set", value]);
+    }
+    documents(&helm(&args))
+}
+
+fn kustomize_build() -> Vec<serde_json::Value> {
+    documents(&run("kubectl", &["kustomize", "deploy"]))
+}
+
+/// The objects of a multi-document YAML stream.
+fn documents(yaml: &str) -> Vec<serde_json::Value> {
+    serde_saphyr::from_multiple::<serde_json::Value>(yaml)
+        .unwrap_or_else(|e| panic!("{e}:\n{yaml}"))
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// kind, namespace and name of each object.
+fn identities(objects: &[serde_json::Value]) -> std::collections::BTreeSet<String> {
+    objects
+        .iter()
+        .map(|o| {
+            let meta = &o["metadata"];
+            let namespace = meta["namespace"].as_str().unwrap_or("-");
+            format!(
+                "{} {namespace}/{}",
+                o["kind"].as_str().unwrap(),
+                meta["name"].as_str().unwrap()
+            )
+        })
+        .collect()
+}
+
+fn find<'a>(objects: &'a [serde_json::Value], kind: &str, name: &str) -> &'a serde_json::Value {
+    objects
+        .iter()
+        .find(|o| o["kind"] == kind && o["metadata"]["name"] == name)
+        .unwrap_or_else(|| panic!("no {kind} {name} in {:?}", identities(objects)))
+}
+
+/// The operator container's env, by name (a `valueFrom` entry maps to null).
+fn operator_env(objects: &[serde_json::Value]) -> std::collections::BTreeMap<String, serde_json::Value> {
+    let deployment = find(objects, "Deployment", RELEASE);
+    deployment["spec"]["template"]["spec"]["containers"][0]["env"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| (e["name"].as_str().unwrap().to_owned(), e["value"].clone()))
+        .collect()
+}
+
+#[test]
+fn helm_lint_passes_with_the_default_and_the_namespaced_values() {
+    helm(&["lint", "--strict", CHART]);
+    helm(&[
+        "lint",
+        "--strict",
+        CHART,
+        "--set",
+        "rbac.namespaced=true,clusterId=test,replicas=1,region=eu-west-1",
+        "--set",
+        "credentials.accessKeyId=test,credentials.secretAccessKey=test,endpointUrl=http://localstack:4566",
+        "--set",
+        "serviceMonitor.enabled=true,prometheusRule.enabled=true,terminateOrphansAfterSeconds=600",
+    ]);
+}
+
+#[test]
+fn helm_template_renders_the_operator_with_restricted_pods_and_probes_on_the_admin_port() {
+    let objects = helm_template(RELEASE, &[]);
+    let deployment = find(&objects, "Deployment", RELEASE);
+    let pod = &deployment["spec"]["template"]["spec"];
+    assert_eq!(pod["serviceAccountName"], RELEASE);
+    assert_eq!(pod["securityContext"]["runAsNonRoot"], true);
+    assert_eq!(pod["securityContext"]["runAsUser"], 65532);
+    assert_eq!(pod["securityContext"]["seccompProfile"]["type"], "RuntimeDefault");
+    let container = &pod["containers"][0];
+    assert_eq!(
+        container["image"], "ghcr.io/k106/ec2-operator:0.1.0",
+        "the tag is the appVersion"
+    );
+    assert_eq!(container["securityContext"]["readOnlyRootFilesystem"], true);
+    assert_eq!(container["securityContext"]["allowPrivilegeEscalation"], false);
+    assert_eq!(
+        container["securityContext"]["capabilities"]["drop"],
+        serde_json::json!(["ALL"])
+    );
+    assert_eq!(container["livenessProbe"]["httpGet"]["path"], "/healthz");
+    assert_eq!(container["readinessProbe"]["httpGet"]["path"], "/readyz");
+    assert_eq!(container["ports"][0]["containerPort"], 8080);
+    let env = operator_env(&objects);
+    assert_eq!(env["ADMIN_ADDR"], "0.0.0.0:8080");
+    assert_eq!(
+        env["LEADER_ELECT"], "true",
+        "two replicas by default, so leader election is on"
+    );
+    // The CRD comes with --include-crds (from the chart's crds/), the rest from templates/.
+    find(&objects, "CustomResourceDefinition", "ec2instances.k106.com");
+    find(&objects, "Service", "ec2-operator-metrics");
+
+    // One replica: no election, no Lease role.
+    let single = helm_template(RELEASE, &["replicas=1"]);
+    assert!(!operator_env(&single).contains_key("LEADER_ELECT"));
+    assert!(!identities(&single).iter().any(|id| id.contains("-leader")));
+}
+
+#[test]
+fn kustomize_and_helm_render_the_same_objects() {
+    // `helm install --create-namespace` makes the namespace that deploy/namespace.yaml holds.
+    let kustomized: std::collections::BTreeSet<String> = identities(&kustomize_build())
+        .into_iter()
+        .filter(|id| id != &format!("Namespace -/{RELEASE}"))
+        .collect();
+    let helmed = identities(&helm_template(RELEASE, &[]));
+    assert_eq!(
+        kustomized, helmed,
+        "kubectl kustomize deploy/ vs helm template (default values)"
+    );
+}
+
+#[test]
+fn the_charts_crd_is_a_copy_of_the_generated_one() {
+    // Helm installs crds/ of the chart; `make crds` regenerates crds/ec2instance.yaml and copies it.
+    assert!(
+        read(&format!("{CHART}/crds/ec2instance.yaml")) == read("crds/ec2instance.yaml"),
+        "{CHART}/crds/ec2instance.yaml is stale: run `make crds`"
+    );
+}
+
+#[test]
+fn the_charts_alerts_are_those_of_deploy_prometheus_rule() {
+    let kustomize_rule: serde_json::Value = serde_saphyr::from_str(&read("deploy/prometheus-rule.yaml")).unwrap();
+    let objects = helm_template(RELEASE, &["prometheusRule.enabled=true", "serviceMonitor.enabled=true"]);
+    assert_eq!(
+        find(&objects, "PrometheusRule", RELEASE)["spec"],
+        kustomize_rule["spec"]
+    );
+    let monitor = find(&objects, "ServiceMonitor", RELEASE);
+    assert_eq!(monitor["spec"]["endpoints"][0]["port"], "metrics");
+}
+
+#[test]
+fn neither_install_sets_a_default_region_that_would_override_the_injected_aws_region() {
+    for (install, objects) in [("helm", helm_template(RELEASE, &[])), ("kustomize", kustomize_build())] {
+        let env = operator_env(&objects);
+        assert!(!env.contains_key("DEFAULT_REGION"), "{install} sets DEFAULT_REGION");
+        assert!(!env.contains_key("AWS_REGION"), "{install} sets AWS_REGION");
+    }
+    let env = operator_env(&helm_template(
+        RELEASE,
+        &["region=eu-west-1", "endpointUrl=http://localstack:4566"],
+    ));
+    assert_eq!(env["DEFAULT_REGION"], "eu-west-1");
+    assert_eq!(env["AWS_ENDPOINT_URL"], "http://localstack:4566");
+}
+
+#[test]
+fn a_namespaced_install_grants_a_role_in_the_watched_namespace_and_needs_a_cluster_id() {
+    let objects = helm_template(
+        "ops",
+        &["rbac.namespaced=true", "clusterId=ops-1", "watchNamespace=team-a"],
+    );
+    let role = find(&objects, "Role", RELEASE);
+    assert_eq!(role["metadata"]["namespace"], "team-a");
+    assert!(!serde_json::to_string(role).unwrap().contains("kube-system"));
+    assert_eq!(
+        find(&objects, "RoleBinding", RELEASE)["subjects"][0]["namespace"],
+        "ops"
+    );
+    assert!(!identities(&objects).contains(&format!("ClusterRole -/{RELEASE}")));
+    let env = operator_env(&objects);
+    assert_eq!(env["WATCH_NAMESPACE"], "team-a");
+    assert_eq!(env["CLUSTER_ID"], "ops-1");
+
+    helm(&["version"]);
+    let out = output(
+        &format!("{ROOT}/.cache/bin/helm"),
+        &["template", RELEASE, CHART, "--set", "rbac.namespaced=true"],
+        "",
+    );
+    assert!(!out.status.success(), "a namespaced install without clusterId renders");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("clusterId"));
+}
+
+#[test]
+fn the_user_roles_aggregate_into_view_edit_and_admin() {
+    let objects = helm_template(RELEASE, &[]);
+    let label = |role: &serde_json::Value, to: &str| {
+        role["metadata"]["labels"][format!("rbac.authorization.k8s.io/aggregate-to-{to}")] == "true"
+    };
+    let view = find(&objects, "ClusterRole", "ec2-operator-view");
+    assert!(["view", "edit", "admin"].iter().all(|to| label(view, to)));
+    let edit = find(&objects, "ClusterRole", "ec2-operator-edit");
+    assert!(label(edit, "edit") && label(edit, "admin") && !label(edit, "view"));
+    assert!(
+        !serde_json::to_string(view).unwrap().contains("patch"),
+        "view only reads"
+    );
+}
+
+/// Both renders, applied with `kubectl apply --dry-run=server` to the bed's API server: every
+/// object passes validation and admission there, in a fresh namespace labeled for the
+/// `restricted` Pod Security level (which warns about a Deployment whose pods it would refuse).
+#[test]
+#[ignore = "needs the test bed: run `make test`"]
+fn both_renders_pass_a_server_side_dry_run_under_the_restricted_pod_security_level() {
+    assert!(
+        std::env::var("KUBECONFIG").is_ok(),
+        "KUBECONFIG is not set: run `make test`"
+    );
+    let namespace = format!("install-{}", fastrand::u32(..) % 100_000);
+    run("kubectl", &["create", "namespace", &namespace]);
+    run(
+        "kubectl",
+        &[
+            "label",
+            "namespace",
+            &namespace,
+            "pod-security.kubernetes.io/enforce=restricted",
+            "pod-security.kubernetes.io/warn=restricted",
+        ],
+    );
+
+    // deploy/ hard-codes its namespace: move its objects to the fresh one.
+    let kustomized: Vec<serde_json::Value> = kustomize_build()
+        .into_iter()
+        .filter(|o| o["kind"] != "Namespace")
+        .map(|mut o| {
+            if o["metadata"]["namespace"].is_string() {
+                o["metadata"]["namespace"] = namespace.clone().into();
+            }
+            if let Some(subjects) = o["subjects"].as_array_mut() {
+                subjects
+                    .iter_mut()
+                    .for_each(|s| s["namespace"] = namespace.clone().into());
+            }
+            o
+        })
+        .collect();
+    let helmed = helm_template(&namespace, &[]);
+    for (install, objects) in [("kustomize", kustomized), ("helm", helmed)] {
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": objects});
+        let out = output("kubectl", &["apply", "--dry-run=server", "-f", "-"], &list.to_string());
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{install}: {stderr}");
+        assert!(!stderr.contains("PodSecurity"), "{install}: {stderr}");
+        assert!(
+            stdout.contains("deployment.apps/ec2-operator created (server dry run)"),
+            "{install}: {stdout}"
+        );
+    }
+    run("kubectl", &["delete", "namespace", &namespace, "--wait=false"]);
+}
