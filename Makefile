@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status demo test test-chaos bench bench-peers unit lint fmt crds build helm
+.PHONY: help up down status demo test test-chaos bench bench-peers unit lint fmt crds build image helm
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -34,10 +34,11 @@ bench-peers: ## The same fleet with ACK's ec2-controller v1.9.2, side by side
 unit: ## Fast tests only (no test bed)
 	cargo test --all-targets --locked
 
-lint: ## rustfmt and clippy (warnings are errors), parliament on the IAM policy
+lint: ## rustfmt and clippy (warnings are errors), parliament on the IAM policy, actionlint
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 	@hack/iam-lint.sh
+	@hack/actionlint.sh
 
 fmt: ## Format the code
 	cargo fmt --all
@@ -53,6 +54,9 @@ crds: build ## Regenerate crds/ from the Rust types
 # would compile aws-sdk-ec2 a second time (about 6 minutes on 2 cores).
 build: ## Build the operator, crdgen and the tests (debug)
 	cargo build --locked --all-targets
+
+image: ## Container image localhost/ec2-operator:<version> (podman, from the release binary)
+	@hack/image.sh build
 
 helm: ## Build the pinned helm (v3.22.0) from the Go module proxy into .cache/bin
 	@hack/helm.sh install
