@@ -33,10 +33,31 @@ ready() {
     [[ "$(kubectl --kubeconfig "$kubeconfig" --request-timeout=5s get --raw /readyz 2>/dev/null)" == ok ]]
 }
 
+# The `kubernetes` Service's ClusterIP: the first address of --service-cluster-ip-range. Pods on the
+# bed's node (hack/node.sh) reach the apiserver there, as in any cluster (the node forwards it to
+# loopback, in kube-proxy's place), so the serving certificate names it, with the Service's DNS names.
+SERVICE_CIDR=10.96.0.0/24
+KUBERNETES_SERVICE_IP=10.96.0.1
+APISERVER_SANS="IP:127.0.0.1,IP:$KUBERNETES_SERVICE_IP,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default"
+APISERVER_SANS+=",DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+APISERVER_CERT_EXT="basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=$APISERVER_SANS"
+
 # Self-signed CA plus leaf certs, generated once and kept across up/down so
 # an exported kubeconfig stays valid. EC P-256 keys: instant to generate.
 gen_pki() {
-  [[ -f "$dir/pki/.done" ]] && return 0
+  if [[ -f "$dir/pki/.done" ]]; then
+    # A serving cert made before the ClusterIP was in its SANs: re-signed by the same CA (the
+    # kubeconfigs stay valid). Only reached while the apiserver is stopped (cmd_up, before start).
+    openssl x509 -in "$dir/pki/apiserver.crt" -noout -ext subjectAltName 2>/dev/null |
+      grep -qF "IP Address:$KUBERNETES_SERVICE_IP" && return 0
+    local p="$dir/pki"
+    openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$p/apiserver.key"
+    openssl req -new -key "$p/apiserver.key" -subj "/CN=kube-apiserver" -out "$p/apiserver.csr"
+    openssl x509 -req -in "$p/apiserver.csr" -CA "$p/ca.crt" -CAkey "$p/ca.key" -CAcreateserial \
+      -days 3650 -out "$p/apiserver.crt" -extfile <(printf '%b' "$APISERVER_CERT_EXT") 2>/dev/null
+    echo "cluster.sh: re-signed the apiserver's serving certificate for $APISERVER_SANS" >&2
+    return 0
+  fi
   local p="$dir/pki"
   rm -rf "$p" && mkdir -p "$p" && chmod 700 "$p"
   key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$p/$1.key"; }
@@ -50,8 +71,7 @@ gen_pki() {
   key ca
   openssl req -x509 -new -key "$p/ca.key" -subj "/CN=k106-testbed-ca" -days 3650 -out "$p/ca.crt" \
     -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign"
-  sign apiserver "/CN=kube-apiserver" \
-    "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\nsubjectAltName=IP:127.0.0.1,DNS:localhost"
+  sign apiserver "/CN=kube-apiserver" "$APISERVER_CERT_EXT"
   # O=system:masters is bound to cluster-admin by RBAC's bootstrap policy.
   sign admin "/O=system:masters/CN=kubernetes-admin" \
     "basicConstraints=CA:FALSE\nkeyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=clientAuth"
@@ -89,8 +109,10 @@ fail_with_log() {
   exit 1
 }
 
-# RBAC only (no Node authorizer): there are no kubelets. --endpoint-reconciler-type=none: the
-# `kubernetes` Endpoints may not hold a loopback IP, and nothing here routes to the service anyway.
+# RBAC only (no Node authorizer): the bed has no kubelet unless hack/node.sh adds one, which binds
+# its node user to system:node. The --kubelet-* flags only matter then: the apiserver reaches the
+# kubelet (logs, exec) at the node's InternalIP as kubernetes-admin. --endpoint-reconciler-type=none: the
+# `kubernetes` Endpoints may not hold a loopback IP (hack/node.sh forwards the Service's ClusterIP instead).
 # Plain-HTTP etcd is acceptable: it only listens on loopback.
 start_apiserver() {
   local p="$dir/pki"
@@ -101,7 +123,9 @@ start_apiserver() {
     --client-ca-file="$p/ca.crt" --tls-cert-file="$p/apiserver.crt" --tls-private-key-file="$p/apiserver.key" \
     --service-account-issuer=https://kubernetes.default.svc.cluster.local \
     --service-account-key-file="$p/sa.pub" --service-account-signing-key-file="$p/sa.key" \
-    --service-cluster-ip-range=10.96.0.0/24 --allow-privileged=false \
+    --service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=false \
+    --kubelet-preferred-address-types=InternalIP,Hostname \
+    --kubelet-client-certificate="$p/admin.crt" --kubelet-client-key="$p/admin.key" \
     --endpoint-reconciler-type=none --profiling=false
 }
 
