@@ -87,7 +87,10 @@ pub enum Watched {
 pub enum Sighting {
     /// A recent poll, begun after the operator last changed it, saw it like this.
     Seen(Box<ObservedInstance>),
-    /// The polls are fresh but cannot vouch for it (not in them, or changed since): ask EC2.
+    /// This operator changed it (or launched it) after the poll began: the batched describes
+    /// of instances in transition show it, not a call of its own.
+    Changed,
+    /// The fresh polls do not show it, though it was not changed since: ask EC2.
     AskEc2,
     /// The polls are failing: wait for the next one rather than turn a failing poll into one
     /// call per object.
@@ -164,7 +167,7 @@ impl Inventory {
             return Sighting::WaitForPoll;
         };
         if self.ec2.changes().since(id, snapshot.started_at) {
-            return Sighting::AskEc2;
+            return Sighting::Changed;
         }
         match snapshot.instances.get(id) {
             Some(instance) => Sighting::Seen(Box::new(instance.clone())),
@@ -590,7 +593,7 @@ mod tests {
         );
         let ec2 = inventory.ec2.client("us-east-1");
         ec2.execute(&Step::Stop(instance.id.clone())).await.unwrap();
-        assert_eq!(inventory.lookup("us-east-1", &instance.id), Sighting::AskEc2);
+        assert_eq!(inventory.lookup("us-east-1", &instance.id), Sighting::Changed);
         inventory.refresh().await.unwrap();
         assert!(
             matches!(inventory.lookup("us-east-1", &instance.id), Sighting::Seen(_)),

@@ -254,19 +254,17 @@ impl<'a> Reconciler<'a> {
                     (Some(*instance), siblings)
                 }
                 Sighting::Seen(_) | Sighting::AskEc2 => self.find().await?,
+                // Launched or changed after the poll began (a poll of a big fleet takes a while,
+                // and every object is reconciled after it): the batches vouch for it.
+                Sighting::Changed => match self.in_transition(id).await? {
+                    Some(found) => found,
+                    None => return Ok(None),
+                },
                 Sighting::WaitForPoll => return Ok(None),
             },
-            // In transition: the batched describe of every watched instance, not a call of its own.
-            Some(id) => match self.ctx.inventory.watch(&self.region, id) {
-                Watched::Seen(instance) if decide::belongs_to(&instance, &self.owner) => {
-                    let siblings = self.ctx.inventory.siblings(&self.region, &self.owner.uid, id);
-                    (Some(*instance), siblings)
-                }
-                // Launched moments ago and not shown yet: the plan waits for it.
-                Watched::Missing if self.recorded.fresh() => (None, Vec::new()),
-                // Gone, or not this object's: the recovery path (by id, then by owner tag).
-                Watched::Seen(_) | Watched::Missing => self.find().await?,
-                Watched::Pending => return Ok(None),
+            Some(id) => match self.in_transition(id).await? {
+                Some(found) => found,
+                None => return Ok(None),
             },
             // No instance recorded: the fleet poll shows any instance a predecessor launched and
             // recorded nowhere. One launched moments ago, too new for the poll (or for a tag
@@ -294,6 +292,24 @@ impl<'a> Reconciler<'a> {
             self.publish(Reason::DuplicateInstances, note).await;
         }
         Ok(Some(found))
+    }
+
+    /// An instance in transition, from the batched describe of every watched instance rather
+    /// than a call of its own. `None`: wait for the next batch.
+    async fn in_transition(&self, id: &str) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
+        Ok(Some(match self.ctx.inventory.watch(&self.region, id) {
+            // A dead one is about to be replaced, which is a launch: the recovery path's owner tag
+            // query first, since a replacement may be out already (this object read stale).
+            Watched::Seen(instance) if decide::belongs_to(&instance, &self.owner) && !instance.state.is_dead() => {
+                let siblings = self.ctx.inventory.siblings(&self.region, &self.owner.uid, id);
+                (Some(*instance), siblings)
+            }
+            // Launched moments ago and not shown yet: the plan waits for it.
+            Watched::Missing if self.recorded.fresh() => (None, Vec::new()),
+            // Gone, or not this object's: the recovery path (by id, then by owner tag).
+            Watched::Seen(_) | Watched::Missing => self.find().await?,
+            Watched::Pending => return Ok(None),
+        }))
     }
 
     /// Refusals before any change: an instance that died at launch, a type EC2 does not offer.
@@ -844,6 +860,14 @@ mod tests {
                     sdk_instance(NEW, InstanceStateName::Pending, UID),
                 ])
             });
+        let batch = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("instance-id")))
+            .then_output(|| {
+                described(vec![
+                    sdk_instance(OLD, InstanceStateName::Terminated, UID),
+                    sdk_instance(NEW, InstanceStateName::Pending, UID),
+                ])
+            });
         let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| {
             RunInstancesOutput::builder()
                 .instances(sdk_instance(NEW, InstanceStateName::Pending, UID))
@@ -854,16 +878,22 @@ mod tests {
         let ec2 = mock_client!(
             aws_sdk_ec2,
             RuleMode::MatchAny,
-            [&poll, &by_id, &by_owner, &launch, &tags]
+            [&poll, &batch, &by_id, &by_owner, &launch, &tags]
         );
         let (client, _server) = ApiServer::start(stale.clone());
         let ctx = context(client, ec2);
         ctx.inventory.refresh().await.unwrap();
 
         reconcile(Arc::new(stale.clone()), ctx.clone()).await.unwrap();
+        // The replacement was launched after the poll began: the next reconcile waits for the
+        // batch of instances in transition, and the batch shows the old one dead.
+        reconcile(Arc::new(stale.clone()), ctx.clone()).await.unwrap();
+        assert_eq!(launch.num_calls(), 1, "no launch on a poll older than the replacement");
+        assert_eq!(by_id.num_calls() + by_owner.num_calls(), 0, "no describe of its own");
+        ctx.inventory.describe_watched().await;
         reconcile(Arc::new(stale), ctx).await.unwrap();
 
-        assert_eq!(launch.num_calls(), 1, "the second reconcile finds the replacement");
+        assert_eq!(launch.num_calls(), 1, "the third reconcile finds the replacement");
         assert_eq!(by_owner.num_calls(), 1);
     }
 
