@@ -59,6 +59,8 @@ stop_operator() {
 
 down() {
   stop_operator
+  # A node started on this bed (hack/node.sh) goes first, while the apiserver can still drain it.
+  if compgen -G "$BED_CACHE/bed/node/*.pid" >/dev/null; then "$ROOT/hack/node.sh" down || true; fi
   "$ROOT/localstack/localstack.sh" down || true
   "$ROOT/tests/cluster/cluster.sh" down || true
   rm -f "$ENVFILE"
