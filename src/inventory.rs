@@ -61,6 +61,9 @@ struct State {
     /// Owners (by uid) whose every instance a deletion asked about, by region.
     watched_owners: HashMap<String, HashMap<String, OwnerAsk>>,
     owner_batches: HashMap<String, OwnerBatch>,
+    /// Instances this process launched, by region and owner uid, until a poll begun after the
+    /// launch shows them.
+    launches: HashMap<String, HashMap<String, (String, Instant)>>,
 }
 
 /// How often the instances objects in transition asked about are described: one call per
@@ -187,6 +190,23 @@ impl Inventory {
             .cloned()
             .collect();
         Some(owned)
+    }
+
+    /// `id` was just launched for `owner_uid`. Until a poll begun after the launch shows it, a
+    /// read of the object from before its own status write (the watch lags the write) finds it
+    /// here instead of launching again.
+    pub fn launched(&self, region: &str, owner_uid: &str, id: &str) {
+        let mut state = self.state();
+        let launches = state.launches.entry(region.to_owned()).or_default();
+        launches.insert(owner_uid.to_owned(), (id.to_owned(), Instant::now()));
+    }
+
+    /// The instance this process launched for `owner_uid` since the last poll of `region` began.
+    pub fn launched_for(&self, region: &str, owner_uid: &str) -> Option<String> {
+        let state = self.state();
+        let (id, at) = state.launches.get(region)?.get(owner_uid)?;
+        let polled = state.snapshots.get(region).map(|s| s.started_at);
+        polled.is_none_or(|polled| polled < *at).then(|| id.clone())
     }
 
     /// The operator changed one of `instances` after the last poll of `region` began.
@@ -477,7 +497,11 @@ impl Inventory {
             instances,
             live_by_owner,
         };
-        self.state().snapshots.insert(region.to_owned(), snapshot);
+        let mut state = self.state();
+        state.snapshots.insert(region.to_owned(), snapshot);
+        if let Some(launches) = state.launches.get_mut(region) {
+            launches.retain(|_, (_, at)| *at > polled_at);
+        }
         Ok(count)
     }
 }

@@ -256,13 +256,13 @@ impl<'a> Reconciler<'a> {
                 Sighting::Seen(_) | Sighting::AskEc2 => self.find().await?,
                 // Launched or changed after the poll began (a poll of a big fleet takes a while,
                 // and every object is reconciled after it): the batches vouch for it.
-                Sighting::Changed => match self.in_transition(id).await? {
+                Sighting::Changed => match self.in_transition(id, false).await? {
                     Some(found) => found,
                     None => return Ok(None),
                 },
                 Sighting::WaitForPoll => return Ok(None),
             },
-            Some(id) => match self.in_transition(id).await? {
+            Some(id) => match self.in_transition(id, false).await? {
                 Some(found) => found,
                 None => return Ok(None),
             },
@@ -270,12 +270,21 @@ impl<'a> Reconciler<'a> {
             // recorded nowhere. One launched moments ago, too new for the poll (or for a tag
             // query), is never launched twice: RunInstances answers its ClientToken with it.
             // A failing poll makes new objects wait for the next one rather than each query EC2.
-            None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
-                Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
-                    decide::choose(owned, None)
-                }
-                Some(_) => self.find().await?,
-                None => return Err(Error::WaitingForPoll),
+            None => match self.ctx.inventory.launched_for(&self.region, &self.owner.uid) {
+                // Launched by this process moments ago, and this read of the object predates
+                // its status write: the batches show the instance (a second RunInstances would
+                // only be answered by its ClientToken).
+                Some(id) => match self.in_transition(&id, true).await? {
+                    Some(found) => found,
+                    None => return Ok(None),
+                },
+                None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
+                    Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
+                        decide::choose(owned, None)
+                    }
+                    Some(_) => self.find().await?,
+                    None => return Err(Error::WaitingForPoll),
+                },
             },
         };
         let new: Vec<&str> = found
@@ -295,8 +304,13 @@ impl<'a> Reconciler<'a> {
     }
 
     /// An instance in transition, from the batched describe of every watched instance rather
-    /// than a call of its own. `None`: wait for the next batch.
-    async fn in_transition(&self, id: &str) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
+    /// than a call of its own. `None`: wait for the next batch. `launched_here`: this process
+    /// launched it moments ago, so a batch that does not show it yet is waited out.
+    async fn in_transition(
+        &self,
+        id: &str,
+        launched_here: bool,
+    ) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
         Ok(Some(match self.ctx.inventory.watch(&self.region, id) {
             // A dead one is about to be replaced, which is a launch: the recovery path's owner tag
             // query first, since a replacement may be out already (this object read stale).
@@ -305,6 +319,7 @@ impl<'a> Reconciler<'a> {
                 (Some(*instance), siblings)
             }
             // Launched moments ago and not shown yet: the plan waits for it.
+            Watched::Missing if launched_here => return Ok(None),
             Watched::Missing if self.recorded.fresh() => (None, Vec::new()),
             // Gone, or not this object's: the recovery path (by id, then by owner tag).
             Watched::Seen(_) | Watched::Missing => self.find().await?,
@@ -395,6 +410,9 @@ impl<'a> Reconciler<'a> {
                     return Err(err);
                 }
             };
+            if let Some(instance) = &launched {
+                self.ctx.inventory.launched(&self.region, &self.owner.uid, &instance.id);
+            }
             let after = launched.or_else(|| current.clone().map(|i| i.after(step)));
             if let Some((reason, note)) = decide::event(step, current.as_ref(), after.as_ref()) {
                 self.publish(reason, note).await;
@@ -895,6 +913,44 @@ mod tests {
 
         assert_eq!(launch.num_calls(), 1, "the third reconcile finds the replacement");
         assert_eq!(by_owner.num_calls(), 1);
+    }
+
+    #[tokio::test]
+    async fn an_object_read_before_its_own_status_write_does_not_launch_again() {
+        const NEW: &str = "i-0eeeeeeeeeeeeeeee";
+        // A round of reconciles after a poll can read an object from the watch cache before
+        // the status write of its launch arrives: no instance recorded, none in the poll.
+        let stale = Ec2Instance::test().finalized();
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| matches!(r.filters(), [f] if f.name() == Some("tag:k106.com/cluster-id")))
+            .then_output(|| described(vec![]));
+        let batch = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("instance-id")))
+            .then_output(|| described(vec![sdk_instance(NEW, InstanceStateName::Pending, UID)]));
+        let other_describes = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| {
+            RunInstancesOutput::builder()
+                .instances(sdk_instance(NEW, InstanceStateName::Pending, UID))
+                .build()
+        });
+        let tags = mock!(aws_sdk_ec2::Client::create_tags)
+            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let ec2 = mock_client!(
+            aws_sdk_ec2,
+            RuleMode::MatchAny,
+            [&poll, &batch, &other_describes, &launch, &tags]
+        );
+        let (client, _server) = ApiServer::start(stale.clone());
+        let ctx = context(client, ec2);
+        ctx.inventory.refresh().await.unwrap();
+
+        reconcile(Arc::new(stale.clone()), ctx.clone()).await.unwrap();
+        reconcile(Arc::new(stale.clone()), ctx.clone()).await.unwrap();
+        ctx.inventory.describe_watched().await;
+        reconcile(Arc::new(stale), ctx).await.unwrap();
+
+        assert_eq!(launch.num_calls(), 1, "the launch is found, not repeated");
+        assert_eq!(other_describes.num_calls(), 0, "no describe of its own either");
     }
 
     #[tokio::test]
