@@ -22,8 +22,9 @@ use crate::model::{ObservedInstance, Owner, TAG_CLUSTER_ID, TAG_NAME, TAG_NAMESP
 struct Snapshot {
     started_at: Instant,
     instances: HashMap<String, ObservedInstance>,
-    /// Live instance ids by owner uid: duplicates are found without another EC2 call.
-    live_by_owner: HashMap<String, Vec<String>>,
+    /// Instance ids by owner uid, dead ones too: an object's instances (and duplicates) are
+    /// found without another EC2 call or a scan of the fleet.
+    by_owner: HashMap<String, Vec<String>>,
 }
 
 /// One describe of every instance objects in transition asked about in a region.
@@ -183,13 +184,8 @@ impl Inventory {
     pub fn owned(&self, region: &str, owner_uid: &str) -> Option<Vec<ObservedInstance>> {
         let state = self.state();
         let snapshot = state.snapshots.get(region).filter(|_| self.is_fresh(&state, region))?;
-        let owned = snapshot
-            .instances
-            .values()
-            .filter(|i| i.tags.get(TAG_OWNER_UID).is_some_and(|uid| uid == owner_uid))
-            .cloned()
-            .collect();
-        Some(owned)
+        let ids = snapshot.by_owner.get(owner_uid).into_iter().flatten();
+        Some(ids.filter_map(|id| snapshot.instances.get(id).cloned()).collect())
     }
 
     /// `id` was just launched for `owner_uid`. Until a poll begun after the launch shows it, a
@@ -237,9 +233,11 @@ impl Inventory {
         let Some(snapshot) = state.snapshots.get(region) else {
             return Vec::new();
         };
-        let ids = snapshot.live_by_owner.get(owner_uid).into_iter().flatten();
+        let ids = snapshot.by_owner.get(owner_uid).into_iter().flatten();
         ids.filter(|other| *other != id)
-            .filter_map(|other| snapshot.instances.get(other).cloned())
+            .filter_map(|other| snapshot.instances.get(other))
+            .filter(|other| !other.state.is_dead())
+            .cloned()
             .collect()
     }
 
@@ -482,20 +480,17 @@ impl Inventory {
         let found = found?;
         self.ec2.metrics().fleet_seen(region, &found);
         let count = found.len();
-        let mut live_by_owner: HashMap<String, Vec<String>> = HashMap::new();
-        for instance in found.iter().filter(|i| !i.state.is_dead()) {
+        let mut by_owner: HashMap<String, Vec<String>> = HashMap::new();
+        for instance in &found {
             if let Some(owner) = instance.tags.get(TAG_OWNER_UID) {
-                live_by_owner
-                    .entry(owner.clone())
-                    .or_default()
-                    .push(instance.id.clone());
+                by_owner.entry(owner.clone()).or_default().push(instance.id.clone());
             }
         }
         let instances = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let snapshot = Snapshot {
             started_at: polled_at,
             instances,
-            live_by_owner,
+            by_owner,
         };
         let mut state = self.state();
         state.snapshots.insert(region.to_owned(), snapshot);
