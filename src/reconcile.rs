@@ -251,41 +251,19 @@ impl<'a> Reconciler<'a> {
             Some(id) if steady => match self.ctx.inventory.lookup(&self.region, id) {
                 Sighting::Seen(instance) if decide::belongs_to(&instance, &self.owner) => {
                     let siblings = self.ctx.inventory.siblings(&self.region, &self.owner.uid, id);
-                    (Some(*instance), siblings)
+                    Some((Some(*instance), siblings))
                 }
-                Sighting::Seen(_) | Sighting::AskEc2 => self.find().await?,
+                Sighting::Seen(_) | Sighting::AskEc2 => Some(self.find().await?),
                 // Launched or changed after the poll began (a poll of a big fleet takes a while,
                 // and every object is reconciled after it): the batches vouch for it.
-                Sighting::Changed => match self.in_transition(id, false).await? {
-                    Some(found) => found,
-                    None => return Ok(None),
-                },
-                Sighting::WaitForPoll => return Ok(None),
+                Sighting::Changed => self.in_transition(id, false).await?,
+                Sighting::WaitForPoll => None,
             },
-            Some(id) => match self.in_transition(id, false).await? {
-                Some(found) => found,
-                None => return Ok(None),
-            },
-            // No instance recorded: the fleet poll shows any instance a predecessor launched and
-            // recorded nowhere. One launched moments ago, too new for the poll (or for a tag
-            // query), is never launched twice: RunInstances answers its ClientToken with it.
-            // A failing poll makes new objects wait for the next one rather than each query EC2.
-            None => match self.ctx.inventory.launched_for(&self.region, &self.owner.uid) {
-                // Launched by this process moments ago, and this read of the object predates
-                // its status write: the batches show the instance (a second RunInstances would
-                // only be answered by its ClientToken).
-                Some(id) => match self.in_transition(&id, true).await? {
-                    Some(found) => found,
-                    None => return Ok(None),
-                },
-                None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
-                    Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
-                        decide::choose(owned, None)
-                    }
-                    Some(_) => self.find().await?,
-                    None => return Err(Error::WaitingForPoll),
-                },
-            },
+            Some(id) => self.in_transition(id, false).await?,
+            None => self.unrecorded().await?,
+        };
+        let Some(found) = found else {
+            return Ok(None);
         };
         let new: Vec<&str> = found
             .1
@@ -301,6 +279,25 @@ impl<'a> Reconciler<'a> {
             self.publish(Reason::DuplicateInstances, note).await;
         }
         Ok(Some(found))
+    }
+
+    /// No instance recorded: the fleet poll shows any instance a predecessor launched and
+    /// recorded nowhere. A failing poll makes new objects wait for the next one rather than each
+    /// query EC2.
+    async fn unrecorded(&self) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
+        // Launched by this process moments ago, and this read of the object predates its status
+        // write: the batches show the instance (a second RunInstances would only be answered by
+        // its ClientToken).
+        if let Some(id) = self.ctx.inventory.launched_for(&self.region, &self.owner.uid) {
+            return self.in_transition(&id, true).await;
+        }
+        match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
+            Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
+                Ok(Some(decide::choose(owned, None)))
+            }
+            Some(_) => Ok(Some(self.find().await?)),
+            None => Err(Error::WaitingForPoll),
+        }
     }
 
     /// An instance in transition, from the batched describe of every watched instance rather
@@ -529,6 +526,21 @@ mod tests {
     }
 
     /// The context after one batch that asked for `id`, as for an object in transition.
+    /// CreateTags, answered.
+    fn tagged() -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_ec2::Client::create_tags)
+            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build())
+    }
+
+    /// RunInstances, answered with a pending `id` of this object.
+    fn launches(id: &'static str) -> aws_smithy_mocks::Rule {
+        mock!(aws_sdk_ec2::Client::run_instances).then_output(move || {
+            RunInstancesOutput::builder()
+                .instances(sdk_instance(id, InstanceStateName::Pending, UID))
+                .build()
+        })
+    }
+
     async fn in_transition(ctx: Arc<Context>, id: &str) -> Arc<Context> {
         ctx.inventory.watch("us-east-1", id);
         ctx.inventory.describe_watched().await;
@@ -768,8 +780,7 @@ mod tests {
                 .instances(sdk_instance("i-0aaaaaaaaaaaaaaaa", InstanceStateName::Pending, UID))
                 .build()
         });
-        let retag = mock!(aws_sdk_ec2::Client::create_tags)
-            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let retag = tagged();
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&by_id, &by_owner, &launch, &retag]);
         let (client, _server) = ApiServer::start(obj.clone());
 
@@ -834,8 +845,7 @@ mod tests {
             });
         let stop = mock!(aws_sdk_ec2::Client::stop_instances)
             .then_output(|| aws_sdk_ec2::operation::stop_instances::StopInstancesOutput::builder().build());
-        let tags = mock!(aws_sdk_ec2::Client::create_tags)
-            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let tags = tagged();
         let ec2 = mock_client!(
             aws_sdk_ec2,
             RuleMode::MatchAny,
@@ -865,7 +875,7 @@ mod tests {
         let old = instance_for(&spec(), crate::model::InstanceState::Running).with_id(OLD);
         let stale = Ec2Instance::test().finalized().ready_on(&old);
         let poll = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| matches!(r.filters(), [f] if f.name() == Some("tag:k106.com/cluster-id")))
+            .match_requests(fleet_poll)
             .then_output(|| described(vec![sdk_instance(OLD, InstanceStateName::Terminated, UID)]));
         let by_id = mock!(aws_sdk_ec2::Client::describe_instances)
             .match_requests(|r| r.instance_ids() == [OLD.to_owned()])
@@ -879,20 +889,15 @@ mod tests {
                 ])
             });
         let batch = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("instance-id")))
+            .match_requests(watched_batch)
             .then_output(|| {
                 described(vec![
                     sdk_instance(OLD, InstanceStateName::Terminated, UID),
                     sdk_instance(NEW, InstanceStateName::Pending, UID),
                 ])
             });
-        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| {
-            RunInstancesOutput::builder()
-                .instances(sdk_instance(NEW, InstanceStateName::Pending, UID))
-                .build()
-        });
-        let tags = mock!(aws_sdk_ec2::Client::create_tags)
-            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let launch = launches(NEW);
+        let tags = tagged();
         let ec2 = mock_client!(
             aws_sdk_ec2,
             RuleMode::MatchAny,
@@ -922,19 +927,14 @@ mod tests {
         // the status write of its launch arrives: no instance recorded, none in the poll.
         let stale = Ec2Instance::test().finalized();
         let poll = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| matches!(r.filters(), [f] if f.name() == Some("tag:k106.com/cluster-id")))
+            .match_requests(fleet_poll)
             .then_output(|| described(vec![]));
         let batch = mock!(aws_sdk_ec2::Client::describe_instances)
-            .match_requests(|r| r.filters().iter().any(|f| f.name() == Some("instance-id")))
+            .match_requests(watched_batch)
             .then_output(|| described(vec![sdk_instance(NEW, InstanceStateName::Pending, UID)]));
         let other_describes = mock!(aws_sdk_ec2::Client::describe_instances).then_output(|| described(vec![]));
-        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| {
-            RunInstancesOutput::builder()
-                .instances(sdk_instance(NEW, InstanceStateName::Pending, UID))
-                .build()
-        });
-        let tags = mock!(aws_sdk_ec2::Client::create_tags)
-            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let launch = launches(NEW);
+        let tags = tagged();
         let ec2 = mock_client!(
             aws_sdk_ec2,
             RuleMode::MatchAny,
@@ -967,8 +967,7 @@ mod tests {
             )])
         });
         let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
-        let tags = mock!(aws_sdk_ec2::Client::create_tags)
-            .then_output(|| aws_sdk_ec2::operation::create_tags::CreateTagsOutput::builder().build());
+        let tags = tagged();
         let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&owned, &launch, &tags]);
         let (client, server) = ApiServer::start(obj.clone());
         let ctx = polled(context(client, ec2)).await;
