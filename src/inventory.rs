@@ -21,10 +21,19 @@ use crate::model::{ObservedInstance, Owner, TAG_CLUSTER_ID, TAG_NAME, TAG_NAMESP
 
 struct Snapshot {
     started_at: Instant,
+    took: Duration,
     instances: HashMap<String, ObservedInstance>,
     /// Instance ids by owner uid, dead ones too: an object's instances (and duplicates) are
     /// found without another EC2 call or a scan of the fleet.
     by_owner: HashMap<String, Vec<String>>,
+}
+
+impl Snapshot {
+    /// Every instance this poll saw with `owner_uid`'s tag, dead ones too.
+    fn owned_by(&self, owner_uid: &str) -> impl Iterator<Item = &ObservedInstance> {
+        let ids = self.by_owner.get(owner_uid).into_iter().flatten();
+        ids.filter_map(|id| self.instances.get(id))
+    }
 }
 
 /// One describe of every instance objects in transition asked about in a region.
@@ -45,10 +54,12 @@ struct OwnerBatch {
     shown: HashMap<String, Vec<ObservedInstance>>,
 }
 
-/// An object whose deletion waits for an owner batch, and when it first asked.
+/// An object whose deletion waits for an owner batch, when it first asked (an answer must come
+/// from a describe begun after that) and when it last asked (an ask not repeated expires).
 struct OwnerAsk {
     object: ObjectRef<Ec2Instance>,
     since: Instant,
+    last: Instant,
 }
 
 #[derive(Default)]
@@ -70,6 +81,10 @@ struct State {
 /// How often the instances objects in transition asked about are described: one call per
 /// region (and 200 instances) for all of them, however many objects wait.
 pub const WATCH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// At most this many deletions are in one owner batch (one call per region); the others, oldest
+/// asks first, wait for the next batch or for a fleet poll begun after they asked.
+const OWNER_BATCH_SIZE: usize = 200;
 
 /// An instance no object asked about for this long leaves the batches (objects settle or go
 /// away and say so; this catches the ones that could not).
@@ -105,8 +120,6 @@ pub struct Inventory {
     ec2: Arc<Ec2Regions>,
     cluster_id: String,
     poll_interval: Duration,
-    /// A snapshot older than this is not trusted (the poll is failing).
-    max_age: Duration,
     state: Mutex<State>,
 }
 
@@ -116,7 +129,6 @@ impl Inventory {
         let inventory = Self {
             cluster_id,
             poll_interval,
-            max_age: poll_interval * 2 + Duration::from_secs(5),
             state: Mutex::default(),
             ec2,
         };
@@ -151,11 +163,13 @@ impl Inventory {
         regions.keys().cloned().collect()
     }
 
+    /// A snapshot is trusted for two poll cycles (one poll may fail or run late), and no longer:
+    /// then the polls are failing.
     fn is_fresh(&self, state: &State, region: &str) -> bool {
-        state
-            .snapshots
-            .get(region)
-            .is_some_and(|s| s.started_at.elapsed() <= self.max_age)
+        state.snapshots.get(region).is_some_and(|s| {
+            let cycle = s.took + pause_after(self.poll_interval, s.took);
+            s.started_at.elapsed() <= cycle * 2 + Duration::from_secs(5)
+        })
     }
 
     /// Whether a recent poll of every watched region succeeded.
@@ -184,8 +198,7 @@ impl Inventory {
     pub fn owned(&self, region: &str, owner_uid: &str) -> Option<Vec<ObservedInstance>> {
         let state = self.state();
         let snapshot = state.snapshots.get(region).filter(|_| self.is_fresh(&state, region))?;
-        let ids = snapshot.by_owner.get(owner_uid).into_iter().flatten();
-        Some(ids.filter_map(|id| snapshot.instances.get(id).cloned()).collect())
+        Some(snapshot.owned_by(owner_uid).cloned().collect())
     }
 
     /// `id` was just launched for `owner_uid`. Until a poll begun after the launch shows it, a
@@ -233,10 +246,9 @@ impl Inventory {
         let Some(snapshot) = state.snapshots.get(region) else {
             return Vec::new();
         };
-        let ids = snapshot.by_owner.get(owner_uid).into_iter().flatten();
-        ids.filter(|other| *other != id)
-            .filter_map(|other| snapshot.instances.get(other))
-            .filter(|other| !other.state.is_dead())
+        snapshot
+            .owned_by(owner_uid)
+            .filter(|other| other.id != id && !other.state.is_dead())
             .cloned()
             .collect()
     }
@@ -270,19 +282,28 @@ impl Inventory {
         }
     }
 
-    /// Every instance carrying `owner`'s tag (uid) from an owner batch begun after the object
-    /// first asked, for a deletion about to release its finalizer: one call per region and
-    /// tick for all deletions, not a tag query each. `None`: ask again after the next batch.
+    /// Every instance carrying `owner`'s tag (uid), from a describe begun after the object first
+    /// asked, for a deletion about to release its finalizer: a fleet poll (every instance carries
+    /// the cluster and owner tags from its launch, TagSpecifications), or an owner batch, one
+    /// call per region and tick for up to [`OWNER_BATCH_SIZE`] deletions, not a tag query each.
+    /// `None`: ask again after the next batch or poll.
     pub fn watch_owner(&self, region: &str, owner: &Owner) -> Option<Vec<ObservedInstance>> {
         let mut state = self.state();
+        let now = Instant::now();
         let asked = state.watched_owners.entry(region.to_owned()).or_default();
-        let since = asked
-            .entry(owner.uid.clone())
-            .or_insert_with(|| OwnerAsk {
-                object: ObjectRef::new(&owner.name).within(&owner.namespace),
-                since: Instant::now(),
-            })
-            .since;
+        let ask = asked.entry(owner.uid.clone()).or_insert_with(|| OwnerAsk {
+            object: ObjectRef::new(&owner.name).within(&owner.namespace),
+            since: now,
+            last: now,
+        });
+        ask.last = now;
+        let since = ask.since;
+        if let Some(snapshot) = state.snapshots.get(region)
+            && snapshot.started_at >= since
+            && self.is_fresh(&state, region)
+        {
+            return Some(snapshot.owned_by(&owner.uid).cloned().collect());
+        }
         let batch = state.owner_batches.get(region)?;
         let current =
             batch.asked.contains(&owner.uid) && batch.started_at >= since && recent(batch.started_at, batch.took);
@@ -303,7 +324,7 @@ impl Inventory {
         }
     }
 
-    /// Every [`WATCH_INTERVAL`] (see [`watch_pause`]), describe the watched instances (see [`Inventory::describe_watched`])
+    /// Every [`WATCH_INTERVAL`] (see [`pause_after`]), describe the watched instances (see [`Inventory::describe_watched`])
     /// and ask for the objects whose instance changed to be reconciled at once: a launch or a
     /// termination is seen within a second, not at the object's next requeue.
     pub async fn run_watch(&self, changed: mpsc::Sender<ObjectRef<Ec2Instance>>) {
@@ -315,7 +336,7 @@ impl Inventory {
                     return;
                 }
             }
-            tokio::time::sleep(watch_pause(started.elapsed())).await;
+            tokio::time::sleep(pause_after(WATCH_INTERVAL, started.elapsed())).await;
         }
     }
 
@@ -365,7 +386,13 @@ impl Inventory {
                 owner_batches,
                 ..
             } = &mut *state;
-            still_asked(watched_owners, owner_batches, |ask| ask.since)
+            let mut asked = still_asked(watched_owners, owner_batches, |ask| ask.last);
+            for (region, uids) in &mut asked {
+                let owners = &watched_owners[region.as_str()];
+                uids.sort_by_key(|uid| owners[uid.as_str()].since);
+                uids.truncate(OWNER_BATCH_SIZE);
+            }
+            asked
         };
         let batches = asked.iter().map(|(region, uids)| async move {
             let started_at = Instant::now();
@@ -417,19 +444,19 @@ impl Inventory {
         answered
     }
 
-    /// Poll every `poll_interval`, and after each poll that saw any region ask for every object
-    /// to be reconciled against it (from memory). Runs until the receiver is gone.
+    /// Poll every `poll_interval` (or, when a poll takes longer than half of it, pause as long as
+    /// the poll took), and after each poll that saw any region ask for every object to be
+    /// reconciled against it (from memory). Runs until the receiver is gone.
     pub async fn run(&self, polled: mpsc::Sender<()>) {
-        let mut ticker = tokio::time::interval(self.poll_interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            ticker.tick().await;
+            let started = Instant::now();
             if let Ok(count) = self.refresh().await {
                 debug!(count, "inventory polled");
                 if let Err(mpsc::error::TrySendError::Closed(())) = polled.try_send(()) {
                     return;
                 }
             }
+            tokio::time::sleep(pause_after(self.poll_interval, started.elapsed())).await;
         }
     }
 
@@ -489,6 +516,7 @@ impl Inventory {
         let instances = found.into_iter().map(|i| (i.id.clone(), i)).collect();
         let snapshot = Snapshot {
             started_at: polled_at,
+            took: polled_at.elapsed(),
             instances,
             by_owner,
         };
@@ -526,11 +554,12 @@ fn recent(started_at: Instant, took: Duration) -> bool {
     started_at.elapsed() <= (WATCH_INTERVAL * 5).max(took * 3)
 }
 
-/// The pause after a batch that took `took`: a tick's remainder, and never less than the batch
-/// itself, so that when EC2 answers slowly (a large fleet in transition, a throttled account)
-/// the batches take at most half of what it serves and launches and other calls get the rest.
-fn watch_pause(took: Duration) -> Duration {
-    WATCH_INTERVAL.saturating_sub(took).max(took)
+/// The pause after a poll or batch that took `took`, meant to run every `interval`: the
+/// interval's remainder, and never less than the call itself, so that when EC2 answers slowly (a
+/// large fleet, a throttled account) reads take at most half of what it serves and launches,
+/// terminations and other calls get the rest.
+fn pause_after(interval: Duration, took: Duration) -> Duration {
+    interval.saturating_sub(took).max(took)
 }
 
 /// The owners of the instances `batch` shows differently from `previous` (or for the first time).
@@ -683,11 +712,102 @@ mod tests {
     }
 
     #[test]
-    fn batches_tick_every_second_and_never_take_more_than_half_of_ec2s_time() {
+    fn polls_and_batches_keep_their_pace_and_never_take_more_than_half_of_ec2s_time() {
         let ms = Duration::from_millis;
-        assert_eq!(watch_pause(ms(200)), ms(800), "a quick batch: the rest of the second");
-        assert_eq!(watch_pause(ms(700)), ms(700), "slower: as long again");
-        assert_eq!(watch_pause(ms(4000)), ms(4000));
+        assert_eq!(pause_after(WATCH_INTERVAL, ms(200)), ms(800), "the rest of the second");
+        assert_eq!(pause_after(WATCH_INTERVAL, ms(700)), ms(700), "slower: as long again");
+        assert_eq!(pause_after(WATCH_INTERVAL, ms(4000)), ms(4000));
+        let s = Duration::from_secs;
+        assert_eq!(pause_after(s(30), s(5)), s(25), "a fleet poll every 30 s");
+        assert_eq!(pause_after(s(30), s(70)), s(70), "a 10,000-instance poll on a slow EC2");
+    }
+
+    #[test]
+    fn a_slow_poll_is_trusted_for_two_of_its_own_cycles_a_quick_one_for_two_intervals() {
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, []));
+        let polled = |ago: u64, took: u64| {
+            let snapshot = Snapshot {
+                started_at: Instant::now() - Duration::from_secs(ago),
+                took: Duration::from_secs(took),
+                instances: HashMap::new(),
+                by_owner: HashMap::new(),
+            };
+            inventory.state().snapshots.insert("us-east-1".into(), snapshot);
+            inventory.is_ready()
+        };
+        assert!(polled(60, 1), "interval 30 s: two intervals and 5 s");
+        assert!(!polled(70, 1), "a quick poll that stopped coming: failing");
+        assert!(polled(200, 60), "a 60 s poll comes every 120 s");
+        assert!(!polled(250, 60));
+    }
+
+    #[tokio::test]
+    async fn a_deletion_is_answered_by_a_fleet_poll_begun_after_it_asked() {
+        let terminated = instance_for(&spec(), InstanceState::Terminated);
+        let id = terminated.id.clone();
+        let fleet = mock!(aws_sdk_ec2::Client::describe_instances).then_output(move || {
+            let tags = [(TAG_CLUSTER_ID, CLUSTER_ID), (TAG_OWNER_UID, "uid-web")]
+                .map(|(k, v)| aws_sdk_ec2::types::Tag::builder().key(k).value(v).build());
+            let dead = SdkState::builder().name(InstanceStateName::Terminated).build();
+            let instance = Instance::builder()
+                .instance_id(&id)
+                .state(dead)
+                .set_tags(Some(tags.into()));
+            DescribeInstancesOutput::builder()
+                .reservations(Reservation::builder().instances(instance.build()).build())
+                .build()
+        });
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&fleet]));
+        let web = Owner {
+            uid: "uid-web".into(),
+            ..owner()
+        };
+        inventory.refresh().await.unwrap();
+        assert_eq!(
+            inventory.watch_owner("us-east-1", &web),
+            None,
+            "that poll began before the ask"
+        );
+        inventory.refresh().await.unwrap();
+        let shown = inventory.watch_owner("us-east-1", &web).expect("answered by the poll");
+        assert_eq!(
+            shown.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+            vec![terminated.id]
+        );
+        assert_eq!(fleet.num_calls(), 2, "no owner batch");
+    }
+
+    #[tokio::test]
+    async fn an_owner_batch_asks_for_the_oldest_deletions_first_one_call_at_most() {
+        let owners = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(|r| {
+                r.filters().iter().any(|f| {
+                    f.name() == Some("tag:k106.com/owner-uid")
+                        && f.values().len() == OWNER_BATCH_SIZE
+                        && !f.values().iter().any(|v| v == "uid-youngest")
+                })
+            })
+            .then_output(|| DescribeInstancesOutput::builder().build());
+        let inventory = inventory_on(mock_client!(aws_sdk_ec2, RuleMode::Sequential, [&owners]));
+        let deleting = |uid: String| Owner { uid, ..owner() };
+        for n in 0..OWNER_BATCH_SIZE {
+            assert_eq!(inventory.watch_owner("us-east-1", &deleting(format!("uid-{n}"))), None);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let youngest = deleting("uid-youngest".into());
+        assert_eq!(inventory.watch_owner("us-east-1", &youngest), None);
+
+        inventory.describe_watched().await;
+        assert_eq!(owners.num_calls(), 1);
+        assert_eq!(
+            inventory.watch_owner("us-east-1", &deleting("uid-0".into())),
+            Some(vec![])
+        );
+        assert_eq!(
+            inventory.watch_owner("us-east-1", &youngest),
+            None,
+            "left for the next batch"
+        );
     }
 
     #[test]

@@ -73,6 +73,10 @@ async fn bench_fleet() {
     report.insert("versions", versions(&bed).await);
     println!("bench: N={n}, steady {} s", settings.steady.as_secs());
 
+    // Written after every phase: a long run stopped midway keeps what it measured.
+    report.insert("n", json!(n));
+    let save = |report: &BTreeMap<&str, Value>| write_results("fleet", n, report);
+
     // 1. The floor, for one instance and for N.
     let subnet = fresh_localstack();
     let proxy = FaultyEc2::start(&[]);
@@ -80,34 +84,20 @@ async fn bench_fleet() {
     let floor_n = floor(&bed, &proxy, n, &subnet).await;
     println!("floor: one {floor_one:?}\nfloor: N {floor_n:?}");
     drop(proxy);
+    report.insert("floor_seconds", json!(floor_n.create_seconds));
+    report.insert("floor_delete_seconds", json!(floor_n.delete_seconds));
+    report.insert("floor_calls", json!(floor_n.calls));
+    report.insert("single_floor_seconds", json!(floor_one.create_seconds));
+    save(&report);
 
     // 2-6. One operator through everything, on a fresh emulator.
     let subnet = fresh_localstack();
     let ours = Run::start(&bed, Kind::Ours, &settings, "bench", subnet).await;
     let single = ours.create(&bed, "one", 1, &BTreeMap::new()).await;
     ours.delete_all(&bed).await;
-    let create = ours.create(&bed, "obj", n, &BTreeMap::new()).await;
-    let steady = ours.steady(&bed, settings.settle, settings.steady).await;
-    let drift = ours.drift(&bed, settings.drift_window).await;
-    let delete = ours.delete_all(&bed).await;
-    let peak_rss_mib = ours.process().hwm_mib;
-    let localstack_instances = localstack_instances(&bed).await;
-    drop(ours);
-
-    // 7. Two operators on disjoint label selectors, each through its own strict EC2.
-    let shards = if settings.shards {
-        let subnet = fresh_localstack();
-        shards(&bed, &settings, &subnet).await
-    } else {
-        Value::Null
-    };
-
-    report.insert("n", json!(n));
-    report.insert("floor_seconds", json!(floor_n.create_seconds));
-    report.insert("floor_delete_seconds", json!(floor_n.delete_seconds));
-    report.insert("floor_calls", json!(floor_n.calls));
-    report.insert("single_floor_seconds", json!(floor_one.create_seconds));
     report.insert("single_ready_seconds", json!(single.seconds));
+
+    let create = ours.create(&bed, "obj", n, &BTreeMap::new()).await;
     report.insert("create_seconds", json!(create.seconds));
     report.insert(
         "create_ratio_to_floor",
@@ -120,24 +110,43 @@ async fn bench_fleet() {
     report.insert("create_calls", json!(create.calls));
     report.insert("create_status_writes", json!(create.status_writes));
     report.insert("create_cpu_seconds", json!(create.cpu_seconds));
+    report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    save(&report);
+
+    let steady = ours.steady(&bed, settings.settle, settings.steady).await;
     report.insert("steady_polls", json!(steady.polls));
     report.insert("steady_calls", json!(steady.calls));
     report.insert("steady_calls_per_poll", json!(steady.calls_per_poll()));
     report.insert("steady_status_writes", json!(steady.status_writes));
     report.insert("cpu_seconds_steady_per_minute", json!(steady.cpu_per_minute()));
+    report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    save(&report);
+
+    let drift = ours.drift(&bed, settings.drift_window).await;
     report.insert("drift_instances", json!(drift.instances));
     report.insert("drift_repaired", json!(drift.repaired));
     report.insert("drift_repair_seconds", json!(drift.seconds));
     report.insert("drift_calls", json!(drift.calls));
+    report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    save(&report);
+
+    let delete = ours.delete_all(&bed).await;
     report.insert("delete_seconds", json!(delete.seconds));
     report.insert(
         "delete_ratio_to_floor",
         json!(ratio(delete.seconds, floor_n.delete_seconds)),
     );
     report.insert("delete_calls", json!(delete.calls));
-    report.insert("peak_rss_mib", json!(peak_rss_mib));
-    report.insert("localstack_instances_at_end", json!(localstack_instances));
-    report.insert("shards", shards);
+    report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    report.insert("localstack_instances_at_end", json!(localstack_instances(&bed).await));
+    drop(ours);
+    save(&report);
+
+    // 7. Two operators on disjoint label selectors, each through its own strict EC2.
+    if settings.shards {
+        let subnet = fresh_localstack();
+        report.insert("shards", shards(&bed, &settings, &subnet).await);
+    }
 
     print_table(&report);
     write_results("fleet", n, &report);
