@@ -45,6 +45,11 @@ pub enum Error {
     #[error("instance {id} died at launch: {reason}; change the spec to try again")]
     InstanceDied { id: String, reason: String },
 
+    /// The instance `k106.com/adopt-instance-id` names cannot be taken over: gone, owned by
+    /// another object or cluster, or launched with other fixed fields than the spec's.
+    #[error("cannot adopt instance {id}: {reason}")]
+    AdoptionRefused { id: String, reason: String },
+
     /// The object cannot be reconciled as written (something admission could not catch).
     #[error("invalid object: {0}")]
     Invalid(String),
@@ -60,7 +65,7 @@ impl Error {
             Error::Aws(fault) => fault.retryable,
             Error::Kube(_) => true,
             Error::Waiting(_) | Error::WaitingForPoll => true,
-            Error::InstanceDied { .. } | Error::Invalid(_) => false,
+            Error::InstanceDied { .. } | Error::AdoptionRefused { .. } | Error::Invalid(_) => false,
         }
     }
 
@@ -71,6 +76,7 @@ impl Error {
             Error::Kube(_) => "kube".into(),
             Error::Waiting(_) | Error::WaitingForPoll => "waiting".into(),
             Error::InstanceDied { .. } => "instance_died".into(),
+            Error::AdoptionRefused { .. } => "adoption_refused".into(),
             Error::Invalid(_) => "invalid".into(),
         }
     }
@@ -88,6 +94,12 @@ impl From<finalizer::Error<Error>> for Error {
     fn from(e: finalizer::Error<Error>) -> Self {
         match e {
             finalizer::Error::ApplyFailed(e) | finalizer::Error::CleanupFailed(e) => e,
+            // The finalizer patch tests the list it read; a pass that ran on a cached object
+            // from before its own finalizer landed fails that test (422). Not a failure: the
+            // next pass reads the object with the finalizer.
+            finalizer::Error::AddFinalizer(kube::Error::Api(e)) if e.code == 422 => {
+                Error::Waiting("the finalizer was added meanwhile".into())
+            }
             finalizer::Error::AddFinalizer(e) | finalizer::Error::RemoveFinalizer(e) => Error::Kube(e),
             other => Error::Invalid(other.to_string()),
         }
@@ -122,6 +134,14 @@ mod tests {
         let err: Error = finalizer::Error::ApplyFailed(aws("InvalidAMIID.NotFound", false)).into();
         assert!(matches!(&err, Error::Aws(fault) if fault.code == "InvalidAMIID.NotFound"));
         assert!(!err.is_transient());
+        let stale = kube::core::Status::failure(
+            "the server rejected our request due to an error in our request",
+            "Invalid",
+        )
+        .with_code(422)
+        .boxed();
+        let err: Error = finalizer::Error::<Error>::AddFinalizer(kube::Error::Api(stale)).into();
+        assert!(matches!(err, Error::Waiting(_)), "a stale read, not a failure");
         let err: Error = finalizer::Error::<Error>::UnnamedObject.into();
         assert_eq!(err.metric_label(), "invalid");
     }
