@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-use kube::{CustomResource, KubeSchema};
+use kube::{CustomResource, KubeSchema, ResourceExt};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,8 @@ use crate::model::{MAX_USER_DATA_BYTES, MAX_USER_TAGS, TAG_PREFIX};
         type_ = "string",
         json_path = ".status.availabilityZone",
         priority = 1
-    )
+    ),
+    printcolumn(name = "Plan", type_ = "string", json_path = ".status.plan", priority = 1)
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(
@@ -141,6 +142,14 @@ pub struct Ec2InstanceSpec {
     /// it; `Retain` leaves it running and removes the operator's tags from it.
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
+
+    /// `Full` (default): the operator launches, changes and terminates the instance.
+    /// `ObserveOnly`: it only reads. Status is kept current, a difference from this spec is
+    /// reported with the steps `Full` would take (`status.plan`), nothing in EC2 is changed, and
+    /// deleting the object never terminates the instance. With the annotation
+    /// `k106.com/adopt-instance-id`, an existing instance is observed without being tagged.
+    #[serde(default)]
+    pub management_policy: ManagementPolicy,
 }
 
 /// Root EBS volume settings, applied at launch.
@@ -210,6 +219,23 @@ pub enum DeletionPolicy {
     Retain,
 }
 
+/// Whether the operator changes EC2 for this object or only observes it.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum ManagementPolicy {
+    #[default]
+    Full,
+    ObserveOnly,
+}
+
+/// `k106.com/paused: "true"` stops reconciliation of the object: no EC2 calls, status says
+/// paused and shows the plan (from the shared poll) that resuming would carry out. A deletion
+/// still proceeds, as `deletionPolicy` says.
+pub const PAUSED_ANNOTATION: &str = "k106.com/paused";
+
+/// `k106.com/adopt-instance-id: i-...` makes a new object manage (or, with `ObserveOnly`,
+/// observe) that existing instance instead of launching one.
+pub const ADOPT_ANNOTATION: &str = "k106.com/adopt-instance-id";
+
 /// Observed state of the instance, written by the operator only.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
 #[serde(rename_all = "camelCase")]
@@ -271,6 +297,12 @@ pub struct Ec2InstanceStatus {
     /// last seen: if someone deletes that tag, it is put back instead of restarting the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_sha256: Option<String>,
+    /// The steps that would bring the instance to the spec, like `terraform plan`, while it
+    /// differs: e.g. `stop → modify instanceType t3.micro→t3.small → start`, or `replace instance
+    /// i-0abc (terminated out of band)`. What the operator does next, or, paused or `ObserveOnly`,
+    /// what it would do. Absent when the instance matches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plan: Option<String>,
     /// `Ready` is True when the instance matches the spec (running, or stopped when
     /// `desiredState: Stopped`). Its reason says what the operator is doing or what failed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -280,6 +312,18 @@ pub struct Ec2InstanceStatus {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+impl Ec2Instance {
+    /// Paused by its annotation.
+    pub fn paused(&self) -> bool {
+        self.annotations().get(PAUSED_ANNOTATION).is_some_and(|v| v == "true")
+    }
+
+    /// The existing instance its annotation asks to adopt.
+    pub fn adopt_instance_id(&self) -> Option<&str> {
+        self.annotations().get(ADOPT_ANNOTATION).map(String::as_str)
+    }
 }
 
 impl Ec2InstanceStatus {

@@ -8,8 +8,8 @@ use std::time::Duration;
 use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec};
 use crate::events::Reason;
 use crate::model::{
-    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_NAMESPACE,
-    TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, user_data_sha256,
+    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_NAME,
+    TAG_NAMESPACE, TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, user_data_sha256,
 };
 
 /// The Ready condition's name.
@@ -283,6 +283,62 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
     steps
 }
 
+/// At most this many passes are previewed (a type change takes three: stop, modify and start).
+const PREVIEW_PASSES: usize = 4;
+
+/// The whole plan as a user reads it, like `terraform plan`: every step from `observed` to the
+/// spec, across the passes it takes (each pass's steps applied to the instance as EC2 will show
+/// it, transitions settled), e.g. `stop → modify instanceType t3.micro→t3.small → start`.
+/// `None` when the instance matches the spec.
+pub fn preview(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &Recorded) -> Option<String> {
+    let mut instance = observed.cloned().map(ObservedInstance::settled);
+    let mut shown = Vec::new();
+    for _ in 0..PREVIEW_PASSES {
+        let steps = plan(desired, instance.as_ref(), recorded);
+        shown.extend(steps.iter().filter_map(|step| describe(step, instance.as_ref())));
+        let launches = steps.iter().any(|s| matches!(s, Step::Launch { .. } | Step::Wait));
+        let Some(current) = instance.take().filter(|_| !steps.is_empty() && !launches) else {
+            break;
+        };
+        instance = Some(steps.iter().fold(current, |i, step| i.after(step)).settled());
+    }
+    (!shown.is_empty()).then(|| shown.join(" → "))
+}
+
+/// One step as the plan preview shows it; `None` for a wait.
+fn describe(step: &Step, before: Option<&ObservedInstance>) -> Option<String> {
+    Some(match step {
+        Step::Wait => return None,
+        Step::Launch {
+            request,
+            replaces: None,
+        } => {
+            format!("launch {} from {}", request.instance_type, request.image_id)
+        }
+        Step::Launch {
+            replaces: Some(old), ..
+        } => match before.filter(|i| i.state.is_dead()) {
+            Some(dead) => format!("replace instance {old} ({} out of band)", dead.state.as_str()),
+            None => format!("replace instance {old} (gone from EC2)"),
+        },
+        Step::Start(_) => "start".into(),
+        Step::Stop(_) => "stop".into(),
+        Step::ModifyInstanceType { instance_type, .. } => {
+            let old = before.map_or("?", |i| i.instance_type.as_str());
+            format!("modify instanceType {old}→{instance_type}")
+        }
+        Step::ModifyUserData { .. } => "replace userData".into(),
+        Step::SetSecurityGroups { groups, .. } => format!("set securityGroupIds {}", groups.join(",")),
+        Step::Tag { set, remove, .. } => {
+            let mut changes: Vec<String> = set.keys().map(|k| format!("+{k}")).collect();
+            changes.extend(remove.iter().map(|k| format!("-{k}")));
+            format!("tag {}", changes.join(" "))
+        }
+        Step::Terminate(id) => format!("terminate {id}"),
+        Step::Release { id, .. } => format!("release {id}"),
+    })
+}
+
 /// Tags to add or correct (spec and operator tags, and a deleted user data hash whose user data
 /// is unchanged) and spec keys to remove.
 fn tag_changes(desired: &Desired, instance: &ObservedInstance, recorded: &Recorded) -> Option<Step> {
@@ -553,6 +609,86 @@ impl Readiness {
     }
 }
 
+/// The Ready reason while the object is paused by its annotation.
+pub const PAUSED: &str = "Paused";
+/// The Ready reason of an `ObserveOnly` object whose instance matches the spec.
+pub const OBSERVED: &str = "Observed";
+/// The Ready reason of an `ObserveOnly` object whose instance differs from the spec (or that has
+/// none).
+pub const DRIFTED: &str = "Drifted";
+
+/// What an object that changes nothing (paused, or `ObserveOnly`) reports: `observed` is `None`
+/// when the instance is not known (paused objects read only the shared poll), `Some(None)` when
+/// there is none; `plan` is the preview of what `Full` would do.
+pub fn hands_off_readiness(paused: bool, observed: Option<Option<&ObservedInstance>>, plan: Option<&str>) -> Readiness {
+    let what = match (observed, plan) {
+        (None, _) => "waiting for the next poll of EC2 to show the instance".to_owned(),
+        (Some(None), None) => "there is no instance".to_owned(),
+        (Some(_), None) => "the instance matches the spec".to_owned(),
+        (Some(_), Some(plan)) => format!("the instance differs from the spec; the operator would: {plan}"),
+    };
+    let in_sync = matches!(observed, Some(Some(_))) && plan.is_none();
+    if paused {
+        let message = format!("reconciliation paused by the annotation k106.com/paused; {what}");
+        return Readiness {
+            ready: in_sync,
+            reason: PAUSED,
+            message,
+        };
+    }
+    let message = format!("observe-only: {what}");
+    if in_sync {
+        Readiness::ready(OBSERVED, message)
+    } else {
+        Readiness::not_ready(DRIFTED, message)
+    }
+}
+
+/// Why the instance a new object asks to adopt cannot be taken over, if it cannot: EC2 does not
+/// show it, it is dead, another object or cluster owns it, or a field fixed at launch differs from
+/// the spec (nothing is replaced: the object reports the mismatch and waits for a fixed spec).
+pub fn adoption_refusal(spec: &Ec2InstanceSpec, owner: &Owner, instance: Option<&ObservedInstance>) -> Option<String> {
+    let Some(instance) = instance else {
+        return Some("EC2 does not show it".into());
+    };
+    if instance.state.is_dead() {
+        return Some(format!("it is {}", instance.state.as_str()));
+    }
+    let tag = |key: &str| instance.tags.get(key).map_or("?", String::as_str);
+    if instance.tags.get(TAG_OWNER_UID).is_some_and(|uid| *uid != owner.uid) {
+        return Some(format!(
+            "it is managed by {}/{} (owner uid {})",
+            tag(TAG_NAMESPACE),
+            tag(TAG_NAME),
+            tag(TAG_OWNER_UID)
+        ));
+    }
+    if instance
+        .tags
+        .get(TAG_CLUSTER_ID)
+        .is_some_and(|id| *id != owner.cluster_id)
+    {
+        return Some(format!("it is managed from cluster {}", tag(TAG_CLUSTER_ID)));
+    }
+    let fixed = [
+        ("imageId", Some(&spec.image_id), &instance.image_id),
+        ("subnetId", spec.subnet_id.as_ref(), &instance.subnet_id),
+        ("keyName", spec.key_name.as_ref(), &instance.key_name),
+    ];
+    let mismatches: Vec<String> = fixed
+        .iter()
+        .filter(|(_, want, have)| want.is_some() && *want != have.as_ref())
+        .map(|(field, want, have)| {
+            let have = have.as_deref().unwrap_or("none");
+            format!(
+                "{field} is {} in the spec but {have} on the instance",
+                want.map_or("", |w| w)
+            )
+        })
+        .collect();
+    (!mismatches.is_empty()).then(|| format!("{}; fix the spec to match", mismatches.join(", ")))
+}
+
 /// The Ready condition once `steps` ran and left the instance in `current`.
 pub fn readiness(want: DesiredState, steps: &[Step], current: Option<&ObservedInstance>) -> Readiness {
     let Some(instance) = current else {
@@ -706,6 +842,116 @@ mod tests {
     fn launch_of(spec: &Ec2InstanceSpec, replaces: Option<&str>) -> Step {
         let owner = owner();
         Desired { spec, owner: &owner }.launch(replaces.map(str::to_owned))
+    }
+
+    fn preview_for(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>, applied: &[&str]) -> Option<String> {
+        let owner = owner();
+        let recorded = Recorded {
+            applied_tag_keys: applied.iter().map(|s| s.to_string()).collect(),
+            ..Default::default()
+        };
+        preview(&Desired { spec, owner: &owner }, observed, &recorded)
+    }
+
+    #[test]
+    fn the_preview_lists_every_step_across_the_passes_a_change_takes() {
+        let small = spec().with_type("t3.small").with_tag("team", "a");
+        let running_micro = instance_for(&spec().with_tag("team", "a"), InstanceState::Running).with_type("t3.micro");
+        assert_eq!(
+            preview_for(&small, Some(&running_micro), &["team"]).as_deref(),
+            Some("stop → modify instanceType t3.micro→t3.small → start")
+        );
+        let stopping = running_micro.clone().in_state(InstanceState::Stopping);
+        assert_eq!(
+            preview_for(&small, Some(&stopping), &["team"]).as_deref(),
+            Some("modify instanceType t3.micro→t3.small → start"),
+            "what is left once the stop is under way"
+        );
+        let matching = instance_for(&small, InstanceState::Running);
+        assert_eq!(preview_for(&small, Some(&matching), &["team"]), None, "in sync");
+        let retagged = spec().with_type("t3.small").with_tag("env", "prod");
+        assert_eq!(
+            preview_for(&retagged, Some(&matching), &["team"]).as_deref(),
+            Some("tag +env -team")
+        );
+        let dead = matching.in_state(InstanceState::Terminated);
+        assert_eq!(
+            preview_for(&small, Some(&dead), &["team"]).as_deref(),
+            Some("replace instance i-0123456789abcdef0 (terminated out of band)")
+        );
+        assert_eq!(
+            preview_for(&small, None, &[]).as_deref(),
+            Some("launch t3.small from ami-760aaa0f")
+        );
+        let stopped = spec().with_desired_state(DesiredState::Stopped);
+        let running = instance_for(&stopped, InstanceState::Running);
+        assert_eq!(preview_for(&stopped, Some(&running), &[]).as_deref(), Some("stop"));
+    }
+
+    #[test]
+    fn an_instance_is_adopted_only_when_free_and_launched_as_the_spec_says() {
+        let spec = spec().with_subnet("subnet-0aaaaaaaaaaaaaaaa");
+        let owner = owner();
+        let mut free = instance_for(&spec, InstanceState::Running);
+        free.tags.clear();
+        assert_eq!(adoption_refusal(&spec, &owner, Some(&free)), None);
+        assert_eq!(
+            adoption_refusal(&spec, &owner, Some(&instance_for(&spec, InstanceState::Running))),
+            None,
+            "already this object's (a retry after the tags landed)"
+        );
+        let refusal = |instance: Option<&ObservedInstance>| adoption_refusal(&spec, &owner, instance).unwrap();
+        assert_eq!(refusal(None), "EC2 does not show it");
+        assert_eq!(
+            refusal(Some(&free.clone().in_state(InstanceState::Terminated))),
+            "it is terminated"
+        );
+        let other = free
+            .clone()
+            .with_instance_tag(TAG_OWNER_UID, "uid-other")
+            .with_instance_tag(TAG_NAMESPACE, "team-b")
+            .with_instance_tag(TAG_NAME, "db");
+        assert_eq!(
+            refusal(Some(&other)),
+            "it is managed by team-b/db (owner uid uid-other)"
+        );
+        let elsewhere = free.clone().with_instance_tag(TAG_CLUSTER_ID, "cluster-b");
+        assert_eq!(refusal(Some(&elsewhere)), "it is managed from cluster cluster-b");
+        let mut moved = free;
+        moved.image_id = Some("ami-0bbbbbbbbbbbbbbbb".into());
+        moved.subnet_id = None;
+        assert_eq!(
+            refusal(Some(&moved)),
+            "imageId is ami-760aaa0f in the spec but ami-0bbbbbbbbbbbbbbbb on the instance, \
+             subnetId is subnet-0aaaaaaaaaaaaaaaa in the spec but none on the instance; fix the spec to match"
+        );
+    }
+
+    #[test]
+    fn paused_and_observe_only_objects_say_what_they_see_and_what_would_be_done() {
+        let running = instance_for(&spec(), InstanceState::Running);
+        let paused = hands_off_readiness(true, Some(Some(&running)), Some("stop"));
+        assert_eq!((paused.ready, paused.reason), (false, PAUSED));
+        assert!(
+            paused.message.ends_with("the operator would: stop"),
+            "{}",
+            paused.message
+        );
+        let paused_in_sync = hands_off_readiness(true, Some(Some(&running)), None);
+        assert_eq!((paused_in_sync.ready, paused_in_sync.reason), (true, PAUSED));
+        let unknown = hands_off_readiness(true, None, None);
+        assert!(!unknown.ready && unknown.message.contains("waiting for the next poll"));
+
+        let observed = hands_off_readiness(false, Some(Some(&running)), None);
+        assert_eq!((observed.ready, observed.reason), (true, OBSERVED));
+        let drifted = hands_off_readiness(
+            false,
+            Some(Some(&running)),
+            Some("modify instanceType t3.micro→t3.small"),
+        );
+        assert_eq!((drifted.ready, drifted.reason), (false, DRIFTED));
+        let none = hands_off_readiness(false, Some(None), Some("launch t3.micro from ami-760aaa0f"));
+        assert_eq!((none.ready, none.reason), (false, DRIFTED));
     }
 
     #[test]

@@ -608,6 +608,9 @@ fn observe(instance: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> 
         private_dns_name: non_empty(instance.private_dns_name()),
         public_dns_name: non_empty(instance.public_dns_name()),
         availability_zone: non_empty(instance.placement().and_then(|p| p.availability_zone())),
+        image_id: non_empty(instance.image_id()),
+        subnet_id: non_empty(instance.subnet_id()),
+        key_name: non_empty(instance.key_name()),
         state_reason: instance.state_reason().and_then(|r| {
             let code = r.code()?;
             // AWS's message usually repeats the code ("Client.InternalError: Client error on launch").

@@ -5,6 +5,8 @@
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Reason {
     Launched,
+    /// An existing instance named by `k106.com/adopt-instance-id` is now managed.
+    Adopted,
     /// The instance vanished or was terminated out of band and a new one was launched.
     Replaced,
     Started,
@@ -27,6 +29,7 @@ impl Reason {
     pub fn as_str(self) -> &'static str {
         match self {
             Reason::Launched => "Launched",
+            Reason::Adopted => "Adopted",
             Reason::Replaced => "Replaced",
             Reason::Started => "Started",
             Reason::Stopped => "Stopped",

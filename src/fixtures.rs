@@ -2,7 +2,7 @@
 
 use kube::api::ObjectMeta;
 
-use crate::crd::{DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus};
+use crate::crd::{DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus, ManagementPolicy};
 use crate::decide::Desired;
 use crate::model::{InstanceState, ObservedInstance, Owner};
 
@@ -34,6 +34,14 @@ pub trait SpecBuilder: Sized {
     }
     fn with_desired_state(mut self, state: DesiredState) -> Self {
         self.spec_mut().desired_state = state;
+        self
+    }
+    fn with_subnet(mut self, subnet_id: &str) -> Self {
+        self.spec_mut().subnet_id = Some(subnet_id.into());
+        self
+    }
+    fn observe_only(mut self) -> Self {
+        self.spec_mut().management_policy = ManagementPolicy::ObserveOnly;
         self
     }
 }
@@ -97,6 +105,7 @@ pub fn spec() -> Ec2InstanceSpec {
         region: None,
         desired_state: DesiredState::Running,
         deletion_policy: Default::default(),
+        management_policy: Default::default(),
     }
 }
 
@@ -125,6 +134,9 @@ pub fn instance_for(spec: &Ec2InstanceSpec, state: InstanceState) -> ObservedIns
         availability_zone: Some("us-east-1a".into()),
         launch_time: Some("2026-01-01T00:00:00Z".into()),
         state_reason: None,
+        image_id: Some(spec.image_id.clone()),
+        subnet_id: spec.subnet_id.clone(),
+        key_name: spec.key_name.clone(),
     }
 }
 

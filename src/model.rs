@@ -84,6 +84,10 @@ pub struct ObservedInstance {
     pub launch_time: Option<String>,
     /// Why EC2 last changed the state, e.g. `Client.InternalError: Client error on launch`.
     pub state_reason: Option<String>,
+    /// Fixed at launch: what an adoption compares with the spec.
+    pub image_id: Option<String>,
+    pub subnet_id: Option<String>,
+    pub key_name: Option<String>,
 }
 
 /// Everything RunInstances needs for one instance.
@@ -237,6 +241,18 @@ impl Step {
 }
 
 impl ObservedInstance {
+    /// The instance once its transition is over: pending runs, stopping stops, shutting-down
+    /// terminates (what the plan preview assumes of the steps before).
+    pub fn settled(mut self) -> ObservedInstance {
+        self.state = match self.state {
+            InstanceState::Pending => InstanceState::Running,
+            InstanceState::Stopping => InstanceState::Stopped,
+            InstanceState::ShuttingDown => InstanceState::Terminated,
+            settled => settled,
+        };
+        self
+    }
+
     /// The instance as it is once `step` succeeded, before EC2 is asked again. (A launch yields
     /// a new instance, which EC2 returns; it does not change this one.)
     pub fn after(mut self, step: &Step) -> ObservedInstance {

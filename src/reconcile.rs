@@ -12,14 +12,14 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
-use crate::crd::{DeletionPolicy, Ec2Instance, Ec2InstanceStatus};
+use crate::crd::{DeletionPolicy, Ec2Instance, Ec2InstanceStatus, ManagementPolicy};
 use crate::decide::{self, Desired, Readiness, Recorded};
 use crate::ec2::{Ec2, Ec2Regions};
 use crate::error::{AwsFault, Error, Result};
 use crate::events::Reason;
 use crate::inventory::{Inventory, Sighting, WATCH_INTERVAL, Watched};
 use crate::metrics::Metrics;
-use crate::model::{InstanceState, ObservedInstance, Owner, Step};
+use crate::model::{InstanceState, ObservedInstance, Owner, Step, TAG_OWNER_UID};
 use crate::recorder::Recorder;
 use crate::status;
 
@@ -190,6 +190,9 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn apply(&self) -> Result<Action> {
+        if self.obj.paused() || self.obj.spec.management_policy == ManagementPolicy::ObserveOnly {
+            return self.hands_off().await;
+        }
         let steady = decide::is_steady(&self.obj);
         let Some((observed, extras)) = self.observe(steady).await? else {
             // Waiting for the next poll (steady) or the next batch of instances in transition.
@@ -217,7 +220,16 @@ impl<'a> Reconciler<'a> {
             self.publish(reason, note).await;
         }
         let current = self.execute(&steps, observed).await?;
-        let readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
+        let mut readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
+        let applied = decide::applied_tag_keys(&self.obj.spec);
+        let left = Recorded {
+            applied_tag_keys: applied.clone(),
+            ..self.recorded.clone()
+        };
+        let plan = decide::preview(&desired, current.as_ref(), &left);
+        if let Some(plan) = plan.as_ref().filter(|_| !readiness.ready) {
+            readiness.message = format!("{}; next: {plan}", readiness.message);
+        }
         let settled = readiness.ready && steps.is_empty();
         match &current {
             Some(instance) if settled => self.ctx.inventory.unwatch(&self.region, &instance.id),
@@ -225,8 +237,8 @@ impl<'a> Reconciler<'a> {
             None => {}
         }
         let ready = readiness.ready;
-        let applied = decide::applied_tag_keys(&self.obj.spec);
         let mut status = self.next_status(current.as_ref(), applied, readiness);
+        status.plan = plan;
         status.replacements = decide::replacements(&self.recorded, &steps, ready);
         (status.duplicates, status.duplicates_since) =
             decide::duplicates_seen(&extras, &steps, &self.recorded, jiff::Timestamp::now());
@@ -241,6 +253,89 @@ impl<'a> Reconciler<'a> {
             Some(wait) if steps == [Step::Wait] => wait.max(self.ctx.timing.transition_interval),
             _ => self.ctx.timing.transition_interval,
         }))
+    }
+
+    /// Paused or `ObserveOnly`: status follows the instance and shows the plan `Full` would
+    /// carry out; nothing in EC2 changes. A paused object reads only the shared poll.
+    async fn hands_off(&self) -> Result<Action> {
+        let paused = self.obj.paused();
+        let observed = if paused {
+            self.polled_only()
+        } else {
+            Some(self.observed_only().await?)
+        };
+        let desired = Desired {
+            spec: &self.obj.spec,
+            owner: &self.owner,
+        };
+        let plan = observed.as_ref().and_then(|found| {
+            let mut found = found.clone();
+            if !paused && let Some(instance) = &mut found {
+                // Observe-only never tags: its own tags missing are no difference.
+                instance.tags.extend(self.owner.tags());
+            }
+            decide::preview(&desired, found.as_ref(), &self.recorded)
+        });
+        let readiness = decide::hands_off_readiness(paused, observed.as_ref().map(Option::as_ref), plan.as_deref());
+        let current = observed.flatten();
+        let mut status = self.next_status(current.as_ref(), self.recorded.applied_tag_keys.clone(), readiness);
+        status.plan = plan;
+        status::write(&self.api, &self.obj, status).await?;
+        Ok(Action::requeue(self.ctx.timing.poll_interval))
+    }
+
+    /// The instance this object names (status, else the adoption annotation), else its own.
+    fn named_instance(&self) -> Option<&str> {
+        self.status_id().or(self.obj.adopt_instance_id())
+    }
+
+    /// Paused: the instance as the shared poll shows it, without an EC2 call of its own; `None`
+    /// when the poll does not show it (or is not fresh).
+    fn polled_only(&self) -> Option<Option<ObservedInstance>> {
+        match self.named_instance() {
+            Some(id) => match self.ctx.inventory.lookup(&self.region, id) {
+                Sighting::Seen(instance) => Some(Some(*instance)),
+                _ => None,
+            },
+            None => {
+                let owned = self.ctx.inventory.owned(&self.region, &self.owner.uid)?;
+                Some(decide::choose(owned, None).0)
+            }
+        }
+    }
+
+    /// `ObserveOnly`: the instance from the shared poll, else by id from EC2 (an adopted instance
+    /// carries no tag of this cluster, so the poll never shows it); `None` when there is none.
+    async fn observed_only(&self) -> Result<Option<ObservedInstance>> {
+        match self.named_instance() {
+            Some(id) => match self.ctx.inventory.lookup(&self.region, id) {
+                Sighting::Seen(instance) => Ok(Some(*instance)),
+                _ => Ok(self.ec2.describe_by_ids(&[id.to_owned()]).await?.into_iter().next()),
+            },
+            None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
+                Some(owned) => Ok(decide::choose(owned, None).0),
+                None => Err(Error::WaitingForPoll),
+            },
+        }
+    }
+
+    /// A new object naming an existing instance to adopt: that instance once checked (alive,
+    /// free, launched as the spec says); the plan then tags it as this object's.
+    async fn adopt(&self, id: &str) -> Result<(Option<ObservedInstance>, Vec<ObservedInstance>)> {
+        let instance = self.ec2.describe_by_ids(&[id.to_owned()]).await?.into_iter().next();
+        if let Some(reason) = decide::adoption_refusal(&self.obj.spec, &self.owner, instance.as_ref()) {
+            return Err(Error::AdoptionRefused {
+                id: id.to_owned(),
+                reason,
+            });
+        }
+        if instance
+            .as_ref()
+            .is_some_and(|i| i.tags.get(TAG_OWNER_UID) != Some(&self.owner.uid))
+        {
+            self.publish(Reason::Adopted, format!("adopting instance {id}")).await;
+        }
+        Ok((instance, Vec::new()))
     }
 
     /// The instance to manage and any other live instances of this owner, from the inventory
@@ -290,6 +385,9 @@ impl<'a> Reconciler<'a> {
         // its ClientToken).
         if let Some(id) = self.ctx.inventory.launched_for(&self.region, &self.owner.uid) {
             return self.in_transition(&id, true).await;
+        }
+        if let Some(id) = self.obj.adopt_instance_id() {
+            return self.adopt(id).await.map(Some);
         }
         match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
             Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
@@ -346,6 +444,10 @@ impl<'a> Reconciler<'a> {
     }
 
     async fn cleanup(&self) -> Result<Action> {
+        if self.obj.spec.management_policy == ManagementPolicy::ObserveOnly {
+            // Observe-only never changes EC2, deletion included: the instance stays as it is.
+            return Ok(Action::await_change());
+        }
         let mut owned = self.owned_while_deleting().await?;
         let mut cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
         if cleanup.release {

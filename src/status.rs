@@ -7,7 +7,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
 use crate::crd::{Ec2Instance, Ec2InstanceStatus};
-use crate::decide::{READY, Readiness, STALLED};
+use crate::decide::{DRIFTED, PAUSED, READY, Readiness, STALLED};
 use crate::error::Result;
 use crate::model::{ObservedInstance, TAG_USER_DATA_SHA256};
 
@@ -30,8 +30,10 @@ pub fn next_status(
     // kstatus (Flux, kpt, Argo CD's generic checks): Ready, plus Reconciling while work is under
     // way and Stalled on a terminal failure; each is present only while True.
     let stalled = readiness.reason == FAILED;
+    // Paused or observe-only, nothing is under way.
+    let hands_off = [PAUSED, DRIFTED].contains(&readiness.reason);
     let mut conditions = vec![condition(obj, &previous, READY, readiness.ready, &readiness, now)];
-    if !readiness.ready && !stalled {
+    if !readiness.ready && !stalled && !hands_off {
         conditions.push(condition(obj, &previous, RECONCILING, true, &readiness, now));
     }
     if stalled {

@@ -1147,3 +1147,142 @@ async fn the_operator_needs_nothing_beyond_its_cluster_role() {
     bed.delete(&ns, "least").await;
     assert_eq!(state_of(&bed.instance(&id).await), "terminated");
 }
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn a_paused_object_changes_nothing_shows_its_plan_and_resuming_carries_it_out() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("pause").await;
+    let operator = Operator::start(&ns);
+    bed.create(&ns, "held", json!({})).await;
+    let id = bed.ready(&ns, "held").await.status.unwrap().instance_id.unwrap();
+
+    bed.kubectl(&["annotate", "ec2i", "held", "-n", &ns, "k106.com/paused=true"]);
+    bed.patch_spec(&ns, "held", json!({"instanceType": "t3.small"})).await;
+    let plan = "stop → modify instanceType t3.micro→t3.small → start";
+    let paused = bed
+        .condition_until(&ns, "held", "paused with a plan", |ready| {
+            ready.reason == "Paused" && ready.message.contains("would")
+        })
+        .await;
+    assert_eq!(paused.status.as_ref().unwrap().plan.as_deref(), Some(plan));
+    let ready = paused.status.as_ref().unwrap().condition("Ready").unwrap();
+    assert_eq!(ready.status, "False", "the instance differs from the spec");
+    assert!(ready.message.contains(plan), "{}", ready.message);
+    let wide = bed.kubectl(&["get", "ec2i", "held", "-n", &ns, "-o", "wide"]);
+    assert!(wide.contains("PLAN") && wide.contains(plan), "{wide}");
+
+    // Nothing happens while paused, over several polls.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    let instance = bed.instance(&id).await;
+    assert_eq!(instance.instance_type().map(|t| t.as_str()), Some("t3.micro"));
+    assert_eq!(state_of(&instance), "running");
+    let stops = "ec2_operator_ec2_requests_total{operation=\"StopInstances\"}";
+    assert_eq!(operator.metric(stops).await, 0.0);
+
+    bed.kubectl(&["annotate", "ec2i", "held", "-n", &ns, "k106.com/paused-"]);
+    let resumed = bed.ready(&ns, "held").await;
+    assert_eq!(resumed.status.as_ref().unwrap().plan, None, "in sync: no plan");
+    let instance = bed.instance(&id).await;
+    assert_eq!(instance.instance_type().map(|t| t.as_str()), Some("t3.small"));
+    assert_eq!(operator.metric(stops).await, 1.0);
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn observe_only_reports_drift_with_a_plan_and_never_changes_or_terminates_the_instance() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("observe").await;
+    let operator = Operator::start(&ns);
+    let id = bed.launch_outside("t3.small").await;
+    let spec = json!({"managementPolicy": "ObserveOnly", "subnetId": bed.seed.subnet_id, "tags": {"team": "a"}});
+    bed.create_annotated(&ns, "watched", &[("k106.com/adopt-instance-id", &id)], spec)
+        .await;
+
+    let drifted = bed
+        .condition_until(&ns, "watched", "drift reported", |ready| ready.reason == "Drifted")
+        .await;
+    let status = drifted.status.unwrap();
+    assert_eq!(status.instance_id.as_deref(), Some(id.as_str()));
+    assert_eq!(status.instance_type.as_deref(), Some("t3.small"));
+    assert_eq!(
+        status.plan.as_deref(),
+        Some("tag +team → stop → modify instanceType t3.small→t3.micro → start")
+    );
+    assert!(status.condition("Reconciling").is_none(), "nothing is under way");
+
+    // The spec follows the instance: in sync, and still untouched.
+    bed.patch_spec(&ns, "watched", json!({"instanceType": "t3.small", "tags": null}))
+        .await;
+    let observed = bed
+        .condition_until(&ns, "watched", "in sync", |ready| ready.reason == "Observed")
+        .await;
+    assert_eq!(observed.status.unwrap().condition("Ready").unwrap().status, "True");
+    let instance = bed.instance(&id).await;
+    assert!(tags_of(&instance).is_empty(), "never tagged: {:?}", tags_of(&instance));
+    for write in ["StopInstances", "CreateTags", "ModifyInstanceAttribute", "RunInstances"] {
+        let series = format!("ec2_operator_ec2_requests_total{{operation=\"{write}\"}}");
+        assert_eq!(operator.metric(&series).await, 0.0, "{write}");
+    }
+
+    bed.delete(&ns, "watched").await;
+    assert_eq!(state_of(&bed.instance(&id).await), "running", "never terminated");
+}
+
+#[tokio::test]
+#[ignore = "needs the test bed: run `make test`"]
+async fn adoption_takes_over_a_free_instance_and_refuses_one_owned_or_launched_otherwise() {
+    let bed = Bed::connect().await;
+    let ns = bed.namespace("adopt").await;
+    let _operator = Operator::start(&ns);
+    let id = bed.launch_outside("t3.micro").await;
+    let adopt = [("k106.com/adopt-instance-id", id.as_str())];
+    let spec = json!({"subnetId": bed.seed.subnet_id, "instanceType": "t3.small", "tags": {"team": "a"}});
+    let adopter = bed.create_annotated(&ns, "adopter", &adopt, spec.clone()).await;
+
+    let adopted = bed.ready(&ns, "adopter").await;
+    assert_eq!(adopted.status.unwrap().instance_id.as_deref(), Some(id.as_str()));
+    let instance = bed.instance(&id).await;
+    assert_eq!(
+        instance.instance_type().map(|t| t.as_str()),
+        Some("t3.small"),
+        "then managed"
+    );
+    let tags = tags_of(&instance);
+    assert_eq!(tags.get("k106.com/owner-uid"), adopter.uid().as_ref());
+    assert_eq!(tags.get("team").map(String::as_str), Some("a"));
+    let live = bed.live_instances_of(&adopter.uid().unwrap()).await;
+    assert_eq!(live.len(), 1, "adopted, not launched");
+    let described = bed.kubectl(&["describe", "ec2i", "adopter", "-n", &ns]);
+    assert!(described.contains("Adopted"), "{described}");
+
+    // The same instance again: another object owns it now.
+    bed.create_annotated(&ns, "second", &adopt, spec).await;
+    let refused = bed
+        .condition_until(&ns, "second", "refused", |ready| ready.reason == "Failed")
+        .await;
+    let message = &refused.status.as_ref().unwrap().condition("Stalled").unwrap().message;
+    assert!(message.contains(&format!("is managed by {ns}/adopter")), "{message}");
+
+    // Launched from another image than the spec says: reported, nothing replaced.
+    let other = bed.launch_outside("t3.micro").await;
+    let mismatched = json!({"imageId": "ami-0123456789abcdef0", "subnetId": bed.seed.subnet_id});
+    bed.create_annotated(&ns, "mismatch", &[("k106.com/adopt-instance-id", &other)], mismatched)
+        .await;
+    let refused = bed
+        .condition_until(&ns, "mismatch", "refused", |ready| ready.reason == "Failed")
+        .await;
+    let message = &refused.status.as_ref().unwrap().condition("Ready").unwrap().message;
+    assert!(
+        message.contains("imageId is ami-0123456789abcdef0 in the spec but"),
+        "{message}"
+    );
+    assert!(tags_of(&bed.instance(&other).await).is_empty(), "left alone");
+
+    bed.delete(&ns, "adopter").await;
+    assert_eq!(
+        state_of(&bed.instance(&id).await),
+        "terminated",
+        "deletionPolicy Delete"
+    );
+}

@@ -14,6 +14,7 @@ use aws_sdk_ec2::types::{Filter, Instance};
 use ec2_operator::crd::Ec2Instance;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 
@@ -200,6 +201,73 @@ impl Bed {
         let mut all = self.all_instances_of(uid).await;
         all.retain(|i| state_of(i) != "terminated");
         all
+    }
+
+    /// An instance launched by someone else (straight at LocalStack, no operator tags) in the
+    /// seeded subnet, once the strict EC2 the operator reads shows it.
+    pub async fn launch_outside(&self, instance_type: &str) -> String {
+        let run = self
+            .ec2
+            .run_instances()
+            .image_id(&self.seed.image_id)
+            .instance_type(instance_type.into())
+            .subnet_id(&self.seed.subnet_id)
+            .min_count(1)
+            .max_count(1)
+            .send()
+            .await
+            .expect("run an instance");
+        let id = run.instances()[0].instance_id().unwrap().to_owned();
+        eventually("the strict EC2 shows it", Duration::from_secs(30), || async {
+            let shown = self
+                .strict_ec2
+                .describe_instances()
+                .instance_ids(&id)
+                .send()
+                .await
+                .ok()?;
+            (!shown.reservations().is_empty()).then_some(())
+        })
+        .await;
+        id
+    }
+
+    /// Creates the object with `annotations`.
+    pub async fn create_annotated(
+        &self,
+        namespace: &str,
+        name: &str,
+        annotations: &[(&str, &str)],
+        spec: serde_json::Value,
+    ) -> Ec2Instance {
+        let mut obj = self.manifest(name, spec);
+        obj.metadata.annotations = Some(
+            annotations
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        );
+        self.api(namespace)
+            .create(&PostParams::default(), &obj)
+            .await
+            .expect("object is accepted")
+    }
+
+    /// Waits until the object's Ready condition, for its current generation, passes `check`.
+    pub async fn condition_until(
+        &self,
+        namespace: &str,
+        name: &str,
+        what: &str,
+        check: impl Fn(&Condition) -> bool,
+    ) -> Ec2Instance {
+        let api = self.api(namespace);
+        eventually(what, Duration::from_secs(60), || async {
+            let obj = api.get(name).await.ok()?;
+            let ready = obj.status.as_ref()?.condition("Ready")?;
+            (ready.observed_generation == obj.metadata.generation && check(ready)).then_some(obj)
+        })
+        .await
     }
 
     /// `kubectl` against the bed, returning stdout.
