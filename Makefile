@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status demo test test-chaos test-install bench bench-peers unit lint fmt crds build image helm
+.PHONY: help up down status demo test test-chaos test-gitops test-install bench bench-peers unit lint fmt crds build image helm
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -24,6 +24,9 @@ test: ## All tests: unit, mocks, CRD staleness, end-to-end on the test bed
 
 test-chaos: ## 200 objects under EC2 faults, operator kills, API server and LocalStack outages
 	@hack/test.sh chaos
+
+test-gitops: ## A real Argo CD (built from its Go module) syncing Ec2Instance objects from git on the bed
+	@hack/test.sh gitops
 
 test-install: ## Helm chart on the bed's real node: install, reconcile, upgrade, leader failover, uninstall
 	@hack/test-install.sh

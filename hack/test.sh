@@ -2,6 +2,8 @@
 # `make test`: every test, the test bed included. Brings the bed up if it is not (and then
 # takes it down again, even when a test fails); reuses a bed that `make up` started.
 # `hack/test.sh chaos` (`make test-chaos`): the chaos test alone, on the same kind of bed.
+# `hack/test.sh gitops` (`make test-gitops`): Argo CD (hack/argocd.sh, built here) on the bed,
+# syncing Ec2Instance objects from git, and its health checks in Argo CD's own Lua engine.
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -18,6 +20,11 @@ make -s build 2>&1 | tail -n 3 &
 build=$!
 hack/helm.sh install &
 helm=$!
+argocd=
+if [ "${1:-all}" = gitops ]; then
+  hack/argocd.sh build &
+  argocd=$!
+fi
 if [ "$started" = 1 ]; then
   hack/bed.sh up
 else
@@ -27,11 +34,18 @@ else
 fi
 wait "$build"
 wait "$helm"
+[ -z "$argocd" ] || wait "$argocd"
 
 eval "$(hack/bed.sh env)"
 case "${1:-all}" in
   # Unit tests, mocks, CRD staleness, then the end-to-end tests against the bed.
-  all) cargo test --all-targets --locked -- --include-ignored --skip chaos_ --skip bench_ --test-threads "${TEST_THREADS:-4}" ;;
+  all) cargo test --all-targets --locked -- --include-ignored --skip chaos_ --skip bench_ --skip gitops_ --test-threads "${TEST_THREADS:-4}" ;;
   chaos) cargo test --test chaos --locked -- --include-ignored --nocapture ;;
-  *) die "usage: $0 [all|chaos]" ;;
+  gitops)
+    trap 'hack/argocd.sh down; [ "$started" = 0 ] || hack/bed.sh down' EXIT
+    hack/argocd.sh up
+    eval "$(hack/argocd.sh env)"
+    cargo test --test gitops --locked -- --include-ignored --nocapture
+    ;;
+  *) die "usage: $0 [all|chaos|gitops]" ;;
 esac

@@ -8,7 +8,7 @@ fn read(path: &str) -> String {
 
 #[test]
 fn argocd_patch_embeds_the_health_script_verbatim() {
-    let script = read("deploy/argocd/health.lua");
+    let script = read("deploy/argocd/resource_customizations/k106.com/Ec2Instance/health.lua");
     let patch: serde_json::Value = serde_saphyr::from_str(&read("deploy/argocd/argocd-cm-patch.yaml")).unwrap();
     let embedded = patch["data"]["resource.customizations.health.k106.com_Ec2Instance"]
         .as_str()
