@@ -54,24 +54,29 @@ use crate::model::{MAX_USER_DATA_BYTES, MAX_USER_TAGS, TAG_PREFIX};
     printcolumn(name = "Plan", type_ = "string", json_path = ".status.plan", priority = 1)
 )]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new(
-    "has(self.subnetId) == has(oldSelf.subnetId) && (!has(self.subnetId) || self.subnetId == oldSelf.subnetId)"
-).message("subnetId is immutable: an instance cannot move subnets; create a new Ec2Instance instead").field_path(".subnetId"))]
-#[x_kube(validation = Rule::new(
-    "has(self.keyName) == has(oldSelf.keyName) && (!has(self.keyName) || self.keyName == oldSelf.keyName)"
-).message("keyName is immutable: EC2 cannot change the key pair of an instance; create a new Ec2Instance instead").field_path(".keyName"))]
-#[x_kube(validation = Rule::new(
-    "has(self.rootVolume) == has(oldSelf.rootVolume) && (!has(self.rootVolume) || self.rootVolume == oldSelf.rootVolume)"
-).message("rootVolume is immutable: it is set at launch; create a new Ec2Instance instead").field_path(".rootVolume"))]
+// Under `updatePolicy: Replace` a change of a field EC2 fixes at launch is admitted (the operator
+// replaces the instance); the region never changes.
+#[x_kube(validation = Rule::new(format!(
+    "{REPLACE} || self.imageId == oldSelf.imageId"
+)).message("imageId is immutable: a new image means a new instance; create a new Ec2Instance instead").field_path(".imageId"))]
+#[x_kube(validation = Rule::new(format!(
+    "{REPLACE} || (has(self.subnetId) == has(oldSelf.subnetId) && (!has(self.subnetId) || self.subnetId == oldSelf.subnetId))"
+)).message("subnetId is immutable: an instance cannot move subnets; create a new Ec2Instance instead").field_path(".subnetId"))]
+#[x_kube(validation = Rule::new(format!(
+    "{REPLACE} || (has(self.keyName) == has(oldSelf.keyName) && (!has(self.keyName) || self.keyName == oldSelf.keyName))"
+)).message("keyName is immutable: EC2 cannot change the key pair of an instance; create a new Ec2Instance instead").field_path(".keyName"))]
+#[x_kube(validation = Rule::new(format!(
+    "{REPLACE} || (has(self.rootVolume) == has(oldSelf.rootVolume) && (!has(self.rootVolume) || self.rootVolume == oldSelf.rootVolume))"
+)).message("rootVolume is immutable: it is set at launch; create a new Ec2Instance instead").field_path(".rootVolume"))]
 #[x_kube(validation = Rule::new(
     "has(self.region) == has(oldSelf.region) && (!has(self.region) || self.region == oldSelf.region)"
 ).message("region is immutable: an instance cannot move regions; create a new Ec2Instance instead").field_path(".region"))]
-#[x_kube(validation = Rule::new(
-    "has(self.iamInstanceProfile) == has(oldSelf.iamInstanceProfile) && (!has(self.iamInstanceProfile) || self.iamInstanceProfile == oldSelf.iamInstanceProfile)"
-).message("iamInstanceProfile is immutable in v1alpha1; create a new Ec2Instance instead").field_path(".iamInstanceProfile"))]
+#[x_kube(validation = Rule::new(format!(
+    "{REPLACE} || (has(self.iamInstanceProfile) == has(oldSelf.iamInstanceProfile) && (!has(self.iamInstanceProfile) || self.iamInstanceProfile == oldSelf.iamInstanceProfile))"
+)).message("iamInstanceProfile is immutable in v1alpha1; create a new Ec2Instance instead").field_path(".iamInstanceProfile"))]
 pub struct Ec2InstanceSpec {
-    /// AMI to launch, e.g. `ami-0abcdef1234567890`. Immutable: a new image means a new instance.
-    #[x_kube(validation = Rule::new("self == oldSelf").message("imageId is immutable: a new image means a new instance; create a new Ec2Instance instead"))]
+    /// AMI to launch, e.g. `ami-0abcdef1234567890`. Immutable unless `updatePolicy: Replace`: a
+    /// new image means a new instance.
     #[schemars(regex(pattern = r"^ami-([0-9a-f]{8}|[0-9a-f]{17})$"))]
     pub image_id: String,
 
@@ -81,7 +86,7 @@ pub struct Ec2InstanceSpec {
     pub instance_type: String,
 
     /// Subnet to launch into, e.g. `subnet-0abc1234`. Defaults to the default VPC's subnet
-    /// chosen by EC2. Immutable.
+    /// chosen by EC2. Immutable unless `updatePolicy: Replace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(regex(pattern = r"^subnet-([0-9a-f]{8}|[0-9a-f]{17})$"))]
     pub subnet_id: Option<String>,
@@ -96,12 +101,13 @@ pub struct Ec2InstanceSpec {
     )]
     pub security_group_ids: Option<Vec<String>>,
 
-    /// Name of an existing EC2 key pair for SSH. Immutable.
+    /// Name of an existing EC2 key pair for SSH. Immutable unless `updatePolicy: Replace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 255))]
     pub key_name: Option<String>,
 
-    /// IAM instance profile name or ARN to attach at launch. Immutable in v1alpha1.
+    /// IAM instance profile name or ARN to attach at launch. Immutable in v1alpha1 unless
+    /// `updatePolicy: Replace`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 2048))]
     pub iam_instance_profile: Option<String>,
@@ -113,8 +119,8 @@ pub struct Ec2InstanceSpec {
     #[x_kube(validation = Rule::new(format!("size(bytes(self)) <= {MAX_USER_DATA_BYTES}")).message(format!("userData must be at most 16 KiB ({MAX_USER_DATA_BYTES} bytes)").as_str()))]
     pub user_data: Option<String>,
 
-    /// Tags for the instance and its volumes. At most 45 (EC2 allows 50 per resource and the
-    /// operator uses 5), keys 1-128 characters, values at most 256; the prefixes `aws:` (reserved by
+    /// Tags for the instance and its volumes. At most 44 (EC2 allows 50 per resource and the
+    /// operator uses 6), keys 1-128 characters, values at most 256; the prefixes `aws:` (reserved by
     /// AWS) and `k106.com/` (reserved by this operator) are not allowed. Keys removed from this map
     /// are removed from the instance; tags that others add are left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -124,7 +130,7 @@ pub struct Ec2InstanceSpec {
     #[x_kube(validation = Rule::new(format!("self.all(k, !k.startsWith('{TAG_PREFIX}'))")).message(format!("tag keys must not start with '{TAG_PREFIX}' (reserved by the operator)").as_str()))]
     pub tags: Option<BTreeMap<String, String>>,
 
-    /// Root EBS volume. Immutable: it is set at launch.
+    /// Root EBS volume. Immutable unless `updatePolicy: Replace`: it is set at launch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root_volume: Option<RootVolume>,
 
@@ -150,6 +156,14 @@ pub struct Ec2InstanceSpec {
     /// `k106.com/adopt-instance-id`, an existing instance is observed without being tagged.
     #[serde(default)]
     pub management_policy: ManagementPolicy,
+
+    /// What a change of a field EC2 fixes at launch (`imageId`, `subnetId`, `keyName`,
+    /// `iamInstanceProfile`, `rootVolume`) does. `Refuse` (default): admission rejects the change.
+    /// `Replace`: the change is admitted and the operator launches a new instance as the spec now
+    /// says, keeps the old one serving (and in status) until the new one runs, then moves status
+    /// to the new one and terminates the old one. `region` never changes.
+    #[serde(default)]
+    pub update_policy: UpdatePolicy,
 }
 
 /// Root EBS volume settings, applied at launch.
@@ -227,6 +241,17 @@ pub enum ManagementPolicy {
     ObserveOnly,
 }
 
+/// What a change of a field EC2 fixes at launch does.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum UpdatePolicy {
+    #[default]
+    Refuse,
+    Replace,
+}
+
+/// The CEL condition under which admission lets a field EC2 fixes at launch change.
+const REPLACE: &str = "(has(self.updatePolicy) && self.updatePolicy == 'Replace')";
+
 /// `k106.com/paused: "true"` stops reconciliation of the object: no EC2 calls, status says
 /// paused and shows the plan (from the shared poll) that resuming would carry out. A deletion
 /// still proceeds, as `deletionPolicy` says.
@@ -297,6 +322,16 @@ pub struct Ec2InstanceStatus {
     /// last seen: if someone deletes that tag, it is put back instead of restarting the instance.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub user_data_sha256: Option<String>,
+    /// SHA-256 of the fields the instance was launched with (`imageId`, `subnetId`, `keyName`,
+    /// `iamInstanceProfile`, `rootVolume`), as its `k106.com/launch-sha256` tag said when last
+    /// seen; for an instance launched before that tag existed, the spec's under `Refuse` (which
+    /// never let them change). `updatePolicy: Replace` compares it with the spec's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_sha256: Option<String>,
+    /// Under `updatePolicy: Replace`, the instance launched to replace `instanceId` while that one
+    /// still serves; once it runs, status moves to it and the old one is terminated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement: Option<Replacement>,
     /// The steps that would bring the instance to the spec, like `terraform plan`, while it
     /// differs: e.g. `stop → modify instanceType t3.micro→t3.small → start`, or `replace instance
     /// i-0abc (terminated out of band)`. What the operator does next, or, paused or `ObserveOnly`,
@@ -308,6 +343,18 @@ pub struct Ec2InstanceStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A replacement on its way (`updatePolicy: Replace`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct Replacement {
+    /// The new instance's id, as RunInstances answered it.
+    pub instance_id: String,
+    /// When it was launched, RFC 3339: EC2 may not show it for a while, and it is waited for
+    /// rather than launched again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<String>,
 }
 
 fn is_zero(n: &u32) -> bool {
@@ -363,10 +410,11 @@ mod tests {
     }
 
     #[test]
-    fn defaults_are_running_and_delete() {
+    fn defaults_are_running_delete_and_refuse() {
         let spec: Ec2InstanceSpec =
             serde_json::from_value(serde_json::json!({"imageId": "ami-760aaa0f", "instanceType": "t3.micro"})).unwrap();
         assert_eq!(spec.desired_state, DesiredState::Running);
         assert_eq!(spec.deletion_policy, DeletionPolicy::Delete);
+        assert_eq!(spec.update_policy, UpdatePolicy::Refuse);
     }
 }

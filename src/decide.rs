@@ -5,11 +5,12 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec};
+use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec, Replacement, UpdatePolicy};
 use crate::events::Reason;
 use crate::model::{
-    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_NAME,
-    TAG_NAMESPACE, TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, user_data_sha256,
+    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_LAUNCH_SHA256,
+    TAG_NAME, TAG_NAMESPACE, TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, sha256_hex,
+    user_data_sha256,
 };
 
 /// The Ready condition's name.
@@ -39,13 +40,48 @@ impl Desired<'_> {
         if let Some(hash) = self.user_data_sha256() {
             tags.insert(TAG_USER_DATA_SHA256.into(), hash);
         }
+        tags.insert(TAG_LAUNCH_SHA256.into(), launch_sha256(self.spec));
         tags
     }
 
+    /// Whether `instance` may go on serving this spec: any instance under `updatePolicy: Refuse`;
+    /// under `Replace`, only one launched as the spec now says.
+    pub fn may_keep(&self, instance: &ObservedInstance, recorded: &Recorded) -> bool {
+        self.spec.update_policy == UpdatePolicy::Refuse || launched_as_specified(self.spec, instance, recorded)
+    }
+
+    /// Whether `instance` has come up: running, or stopped as the spec wants. Until then the
+    /// instance it replaces keeps serving.
+    fn is_up(&self, instance: &ObservedInstance) -> bool {
+        match self.spec.desired_state {
+            DesiredState::Running => instance.state == InstanceState::Running,
+            DesiredState::Stopped => matches!(instance.state, InstanceState::Running | InstanceState::Stopped),
+        }
+    }
+
     fn launch(&self, replaces: Option<String>) -> Step {
+        let mut request = self.request();
+        request.client_token = self.owner.client_token(replaces.as_deref());
+        Step::Launch { request, replaces }
+    }
+
+    /// The launch of a replacement for the live instance `old` (`updatePolicy: Replace`);
+    /// `previous` is the replacement status names, if any (one that died, or that another spec
+    /// change made stale), so that trying again is a new launch.
+    fn launch_replacing(&self, old: &str, previous: Option<&str>) -> Step {
+        let mut request = self.request();
+        request.client_token = self.owner.replacement_token(old, previous, &request);
+        Step::LaunchReplacement {
+            request,
+            old: old.to_owned(),
+        }
+    }
+
+    /// RunInstances for this spec, without its ClientToken.
+    fn request(&self) -> Box<LaunchRequest> {
         let spec = self.spec;
-        let request = Box::new(LaunchRequest {
-            client_token: self.owner.client_token(replaces.as_deref()),
+        Box::new(LaunchRequest {
+            client_token: String::new(),
             image_id: spec.image_id.clone(),
             instance_type: spec.instance_type.clone(),
             subnet_id: spec.subnet_id.clone(),
@@ -59,9 +95,44 @@ impl Desired<'_> {
                 volume_type: v.volume_type.map(|t| t.as_str().to_owned()),
                 encrypted: v.encrypted,
             }),
-        });
-        Step::Launch { request, replaces }
+        })
     }
+}
+
+/// SHA-256 of the fields EC2 fixes at launch (`imageId`, `subnetId`, `keyName`,
+/// `iamInstanceProfile`, `rootVolume`), as the `k106.com/launch-sha256` tag records them.
+pub fn launch_sha256(spec: &Ec2InstanceSpec) -> String {
+    let root = spec
+        .root_volume
+        .as_ref()
+        .map(|v| (v.size_gib, v.volume_type.map(|t| t.as_str()), v.encrypted));
+    sha256_hex(&format!(
+        "{:?}",
+        (
+            &spec.image_id,
+            &spec.subnet_id,
+            &spec.key_name,
+            &spec.iam_instance_profile,
+            root
+        )
+    ))
+}
+
+/// Whether `instance` was launched with the fixed fields the spec now has: by its launch tag,
+/// else by what status last saw of that tag, else (an instance launched before that tag, or
+/// adopted) by the ones DescribeInstances shows, as an adoption compares them.
+pub fn launched_as_specified(spec: &Ec2InstanceSpec, instance: &ObservedInstance, recorded: &Recorded) -> bool {
+    let recorded_hash = recorded
+        .launch_sha256
+        .as_ref()
+        .filter(|_| recorded.instance_id.as_deref() == Some(instance.id.as_str()));
+    if let Some(hash) = instance.tags.get(TAG_LAUNCH_SHA256).or(recorded_hash) {
+        return *hash == launch_sha256(spec);
+    }
+    let shown = |wanted: Option<&String>, have: &Option<String>| wanted.is_none() || wanted == have.as_ref();
+    shown(Some(&spec.image_id), &instance.image_id)
+        && shown(spec.subnet_id.as_ref(), &instance.subnet_id)
+        && shown(spec.key_name.as_ref(), &instance.key_name)
 }
 
 /// How long EC2 may take to show an instance it has just launched or started: AWS documents the
@@ -91,6 +162,12 @@ pub struct Recorded {
     pub duplicates_for: Option<Duration>,
     /// A terminal error stopped this generation (the Stalled condition): no more stops for it.
     pub stalled: bool,
+    /// The launch hash of the recorded instance, as its tag said when last seen.
+    pub launch_sha256: Option<String>,
+    /// `updatePolicy: Replace`: the instance launched to replace the recorded one, and how long
+    /// ago.
+    pub replacement: Option<Replacement>,
+    pub replacement_since_launch: Option<Duration>,
 }
 
 impl Recorded {
@@ -98,11 +175,11 @@ impl Recorded {
         let Some(status) = &obj.status else {
             return Self::default();
         };
-        let launched = status
-            .launch_time
-            .as_deref()
-            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
-        let since_launch = launched.map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default());
+        let since = |time: Option<&str>| {
+            let at = time?.parse::<jiff::Timestamp>().ok()?;
+            Some(Duration::try_from(now.duration_since(at)).unwrap_or_default())
+        };
+        let since_launch = since(status.launch_time.as_deref());
         Self {
             instance_id: status.instance_id.clone(),
             applied_tag_keys: status.applied_tag_keys.clone(),
@@ -112,15 +189,29 @@ impl Recorded {
             seen: status.state.as_deref().is_some_and(|state| state != "pending"),
             same_generation: status.condition(READY).and_then(|c| c.observed_generation) == obj.metadata.generation,
             duplicates: status.duplicates.clone(),
-            duplicates_for: status
-                .duplicates_since
-                .as_deref()
-                .and_then(|t| t.parse::<jiff::Timestamp>().ok())
-                .map(|at| Duration::try_from(now.duration_since(at)).unwrap_or_default()),
+            duplicates_for: since(status.duplicates_since.as_deref()),
             stalled: status
                 .condition(STALLED)
                 .is_some_and(|c| c.status == "True" && c.observed_generation == obj.metadata.generation),
+            launch_sha256: status.launch_sha256.clone(),
+            replacement: status.replacement.clone(),
+            replacement_since_launch: status
+                .replacement
+                .as_ref()
+                .and_then(|r| since(r.launch_time.as_deref())),
         }
+    }
+
+    /// The id of the replacement status names.
+    pub fn replacement_id(&self) -> Option<&str> {
+        self.replacement.as_ref().map(|r| r.instance_id.as_str())
+    }
+
+    /// The replacement status names was launched within [`VISIBILITY_GRACE`]: EC2 not showing
+    /// it yet is no reason to launch another.
+    fn fresh_replacement(&self) -> Option<&str> {
+        let fresh = self.replacement_since_launch.is_some_and(|d| d < VISIBILITY_GRACE);
+        self.replacement_id().filter(|_| fresh)
     }
 
     /// The recorded instance was launched within [`VISIBILITY_GRACE`] and no describe has shown
@@ -196,6 +287,40 @@ pub fn launch_failure(observed: Option<&ObservedInstance>, recorded: &Recorded) 
         .then(|| (dead.id.clone(), reason.to_owned()))
 }
 
+/// Why no new replacement is launched: the one status names died at launch for a reason that
+/// would recur, and the spec has not changed since. The old instance keeps serving.
+pub fn replacement_failure(replacement: Option<&ObservedInstance>, recorded: &Recorded) -> Option<(String, String)> {
+    let dead = replacement.filter(|i| i.state.is_dead())?;
+    let reason = dead.state_reason.as_deref().filter(|r| is_launch_failure(r))?;
+    (recorded.same_generation && recorded.replacement_id() == Some(dead.id.as_str()))
+        .then(|| (dead.id.clone(), reason.to_owned()))
+}
+
+/// The replacement status names, as RunInstances left it (pending, launched as the spec says),
+/// while EC2 does not show it yet: within [`VISIBILITY_GRACE`] of its launch EC2 not showing it
+/// is no proof that it is gone, and launching another would make a second one. `None` after.
+pub fn presumed_replacement(desired: &Desired, recorded: &Recorded) -> Option<ObservedInstance> {
+    let id = recorded.fresh_replacement()?;
+    let spec = desired.spec;
+    Some(ObservedInstance {
+        id: id.to_owned(),
+        state: InstanceState::Pending,
+        instance_type: spec.instance_type.clone(),
+        security_group_ids: spec.security_group_ids.iter().flatten().cloned().collect(),
+        tags: desired.launch_tags(),
+        private_ip: None,
+        public_ip: None,
+        private_dns_name: None,
+        public_dns_name: None,
+        availability_zone: None,
+        launch_time: recorded.replacement.as_ref().and_then(|r| r.launch_time.clone()),
+        state_reason: None,
+        image_id: Some(spec.image_id.clone()),
+        subnet_id: spec.subnet_id.clone(),
+        key_name: spec.key_name.clone(),
+    })
+}
+
 /// The instance type to confirm with EC2 before the plan stops a running instance to change it:
 /// stopping for a type EC2 does not offer would leave the instance down.
 pub fn type_to_confirm<'a>(desired: &'a Desired, observed: Option<&ObservedInstance>) -> Option<&'a str> {
@@ -215,6 +340,11 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
         None if recorded.fresh() && recorded.instance_id.is_some() => return vec![Step::Wait],
         None => return vec![desired.launch(recorded.instance_id.clone())],
     };
+    if !desired.may_keep(instance, recorded) {
+        // `updatePolicy: Replace` and launched with other fixed fields: a new instance next to
+        // this one, which serves until the new one runs. Nothing else is changed on it.
+        return vec![desired.launch_replacing(&instance.id, recorded.replacement_id())];
+    }
     let id = instance.id.clone();
 
     let mut steps = Vec::new();
@@ -289,18 +419,31 @@ const PREVIEW_PASSES: usize = 4;
 /// The whole plan as a user reads it, like `terraform plan`: every step from `observed` to the
 /// spec, across the passes it takes (each pass's steps applied to the instance as EC2 will show
 /// it, transitions settled), e.g. `stop → modify instanceType t3.micro→t3.small → start`.
-/// `None` when the instance matches the spec.
-pub fn preview(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &Recorded) -> Option<String> {
+/// `replaced`: the instances `observed` replaces (`updatePolicy: Replace`), terminated once it
+/// runs. `None` when the instance matches the spec.
+pub fn preview(
+    desired: &Desired,
+    observed: Option<&ObservedInstance>,
+    replaced: &[ObservedInstance],
+    recorded: &Recorded,
+) -> Option<String> {
     let mut instance = observed.cloned().map(ObservedInstance::settled);
     let mut shown = Vec::new();
     for _ in 0..PREVIEW_PASSES {
         let steps = plan(desired, instance.as_ref(), recorded);
         shown.extend(steps.iter().filter_map(|step| describe(step, instance.as_ref())));
-        let launches = steps.iter().any(|s| matches!(s, Step::Launch { .. } | Step::Wait));
+        let launches = steps.iter().any(|s| s.launches() || *s == Step::Wait);
         let Some(current) = instance.take().filter(|_| !steps.is_empty() && !launches) else {
             break;
         };
         instance = Some(steps.iter().fold(current, |i, step| i.after(step)).settled());
+    }
+    if let Some(new) = observed {
+        shown.extend(
+            replaced
+                .iter()
+                .map(|old| format!("terminate {} once {} runs", old.id, new.id)),
+        );
     }
     (!shown.is_empty()).then(|| shown.join(" → "))
 }
@@ -321,6 +464,10 @@ fn describe(step: &Step, before: Option<&ObservedInstance>) -> Option<String> {
             Some(dead) => format!("replace instance {old} ({} out of band)", dead.state.as_str()),
             None => format!("replace instance {old} (gone from EC2)"),
         },
+        Step::LaunchReplacement { request, old } => format!(
+            "launch {} from {} → terminate {old} once it runs",
+            request.instance_type, request.image_id
+        ),
         Step::Start(_) => "start".into(),
         Step::Stop(_) => "stop".into(),
         Step::ModifyInstanceType { instance_type, .. } => {
@@ -395,13 +542,15 @@ pub fn owned(found: Vec<ObservedInstance>, owner: &Owner) -> Vec<ObservedInstanc
     found.into_iter().filter(|i| belongs_to(i, owner)).collect()
 }
 
-/// Of the instances found for one owner, the one to manage: the status's own if still alive,
-/// else the oldest live one, else the status's dead one, else the newest dead one (so that it
-/// is replaced). Returns the chosen instance and any other live ones (duplicates only a
-/// lenient EC2 would let through).
+/// Of the instances found for one owner, the one to manage: among the live ones, those `keep`
+/// accepts first (under `updatePolicy: Replace`, the one launched as the spec says, even while
+/// status still names the one it replaces), the status's own, then the oldest; else the status's
+/// dead one, else the newest dead one (so that it is replaced). Returns the chosen instance and
+/// any other live ones: instances it replaces, or duplicates only a lenient EC2 would let through.
 pub fn choose(
     mut found: Vec<ObservedInstance>,
     status_id: Option<&str>,
+    keep: impl Fn(&ObservedInstance) -> bool,
 ) -> (Option<ObservedInstance>, Vec<ObservedInstance>) {
     use std::cmp::Reverse;
     // Live before dead; the status's own first; then live ones oldest first (stable choice),
@@ -414,12 +563,104 @@ pub fn choose(
         } else {
             (launched, Reverse(String::new()))
         };
-        (i.state.is_dead(), Some(i.id.as_str()) != status_id, order, i.id.clone())
+        let dead = i.state.is_dead();
+        (
+            dead,
+            !dead && !keep(i),
+            Some(i.id.as_str()) != status_id,
+            order,
+            i.id.clone(),
+        )
     });
     let mut found = found.into_iter();
     let chosen = found.next();
     let extras = found.filter(|i| !i.state.is_dead()).collect();
     (chosen, extras)
+}
+
+/// The other live instances split into those the spec no longer keeps (`updatePolicy: Replace`,
+/// launched with other fixed fields: replaced, not duplicates) and duplicates.
+pub fn replaced_and_duplicates(
+    desired: &Desired,
+    extras: Vec<ObservedInstance>,
+    recorded: &Recorded,
+) -> (Vec<ObservedInstance>, Vec<ObservedInstance>) {
+    extras.into_iter().partition(|i| !desired.may_keep(i, recorded))
+}
+
+/// Terminate the instances `chosen` replaces once it has come up, launched as the spec says:
+/// until then they keep serving.
+pub fn retire(
+    desired: &Desired,
+    chosen: Option<&ObservedInstance>,
+    replaced: &[ObservedInstance],
+    recorded: &Recorded,
+) -> Vec<Step> {
+    let up = chosen.is_some_and(|new| desired.may_keep(new, recorded) && desired.is_up(new));
+    if !up {
+        return Vec::new();
+    }
+    replaced.iter().map(|old| Step::Terminate(old.id.clone())).collect()
+}
+
+/// The instances still to retire after `steps` ran on `observed`: the replaced ones not
+/// terminated, and `observed` itself if a replacement for it was launched.
+pub fn still_replaced(
+    observed: Option<&ObservedInstance>,
+    replaced: &[ObservedInstance],
+    steps: &[Step],
+) -> Vec<ObservedInstance> {
+    let mut left: Vec<ObservedInstance> = replaced
+        .iter()
+        .filter(|old| !steps.contains(&Step::Terminate(old.id.clone())))
+        .cloned()
+        .collect();
+    let launched_beside = |old: &ObservedInstance| {
+        steps
+            .iter()
+            .any(|step| matches!(step, Step::LaunchReplacement { old: id, .. } if *id == old.id))
+    };
+    left.extend(observed.filter(|old| launched_beside(old)).cloned());
+    left
+}
+
+/// The instance status describes: `current`, unless it replaces instances and has not come up
+/// yet; then the one it replaces that status names (else the first), which still serves.
+pub fn in_service<'a>(
+    desired: &Desired,
+    current: Option<&'a ObservedInstance>,
+    replaced: &'a [ObservedInstance],
+    recorded: &Recorded,
+) -> Option<&'a ObservedInstance> {
+    let new = current?;
+    if replaced.is_empty() || !desired.may_keep(new, recorded) || desired.is_up(new) {
+        return Some(new);
+    }
+    let named = replaced
+        .iter()
+        .find(|old| recorded.instance_id.as_deref() == Some(old.id.as_str()));
+    named.or(replaced.first())
+}
+
+/// `current`, while it is on its way to replace `serving` (which status then still describes).
+pub fn on_its_way<'a>(
+    current: Option<&'a ObservedInstance>,
+    serving: Option<&ObservedInstance>,
+) -> Option<&'a ObservedInstance> {
+    current.filter(|new| serving.is_some_and(|old| old.id != new.id))
+}
+
+/// The Ready condition while `new` is on its way to replace `old`, which serves.
+pub fn replacing(new: &ObservedInstance, old: &ObservedInstance) -> Readiness {
+    Readiness::not_ready(
+        "Replacing",
+        format!(
+            "instance {new} ({}) replaces {old}: {old} serves until {new} runs, then it is terminated",
+            new.state.as_str(),
+            new = new.id,
+            old = old.id
+        ),
+    )
 }
 
 /// `steps` terminate the instance the status names.
@@ -552,16 +793,18 @@ pub struct Cleanup {
 /// every one of them terminated, including one launched so recently that EC2 does not show it yet.
 pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance], recorded: &Recorded) -> Cleanup {
     let live = owned.iter().filter(|i| !i.state.is_dead());
-    let unseen = recorded
-        .instance_id
-        .as_ref()
-        .filter(|id| recorded.fresh() && !owned.iter().any(|i| &i.id == *id));
+    let recorded_unseen = recorded.instance_id.as_deref().filter(|_| recorded.fresh());
+    let unseen: Vec<&str> = recorded_unseen
+        .into_iter()
+        .chain(recorded.fresh_replacement())
+        .filter(|id| !owned.iter().any(|i| i.id == *id))
+        .collect();
     match policy {
         DeletionPolicy::Delete => {
             let mut steps: Vec<Step> = live.map(|i| Step::Terminate(i.id.clone())).collect();
             // Terminating an id EC2 does not show yet may answer NotFound; it is tried again
             // until the instance shows up terminated or the grace has passed.
-            steps.extend(unseen.map(|id| Step::Terminate(id.clone())));
+            steps.extend(unseen.iter().map(|id| Step::Terminate((*id).to_owned())));
             let shutting_down = owned.iter().any(|i| i.state == InstanceState::ShuttingDown);
             let release = steps.is_empty() && !shutting_down;
             Cleanup { steps, release }
@@ -577,7 +820,7 @@ pub fn plan_cleanup(policy: DeletionPolicy, owned: &[ObservedInstance], recorded
             // An instance not visible yet cannot be untagged yet: wait for it.
             Cleanup {
                 steps,
-                release: unseen.is_none(),
+                release: unseen.is_empty(),
             }
         }
     }
@@ -697,7 +940,7 @@ pub fn readiness(want: DesiredState, steps: &[Step], current: Option<&ObservedIn
     let id = &instance.id;
     let settled = steps.iter().all(|s| !s.starts_transition());
     match (instance.state, want) {
-        _ if steps.iter().any(|s| matches!(s, Step::Launch { .. })) => {
+        _ if steps.iter().any(Step::launches) => {
             Readiness::not_ready("Launching", format!("instance {id} launched, waiting for it to run"))
         }
         (InstanceState::Running, DesiredState::Running) if settled => Readiness::ready(
@@ -735,6 +978,13 @@ pub fn event(
             Reason::Replaced,
             format!("instance {old} is gone (terminated out of band); launched {new_id}"),
         ),
+        Step::LaunchReplacement { request, old } => (
+            Reason::Launched,
+            format!(
+                "replacing instance {old} ({}): launched {new_id}; {old} serves until {new_id} runs, then it is terminated",
+                fixed_changes(before, request)
+            ),
+        ),
         Step::Start(id) => (Reason::Started, format!("starting instance {id}")),
         Step::Stop(id) => (Reason::Stopped, format!("stopping instance {id}")),
         Step::ModifyInstanceType { id, instance_type } => {
@@ -764,6 +1014,32 @@ pub fn event(
     })
 }
 
+/// What changed among the fields fixed at launch, as far as DescribeInstances shows them on `old`:
+/// e.g. `imageId ami-a→ami-b`.
+fn fixed_changes(old: Option<&ObservedInstance>, request: &LaunchRequest) -> String {
+    let Some(old) = old else {
+        return "fields fixed at launch changed".into();
+    };
+    let fields = [
+        ("imageId", &old.image_id, Some(&request.image_id)),
+        ("subnetId", &old.subnet_id, request.subnet_id.as_ref()),
+        ("keyName", &old.key_name, request.key_name.as_ref()),
+    ];
+    let shown: Vec<String> = fields
+        .into_iter()
+        .filter(|(_, had, wanted)| wanted.is_some() && had.as_ref() != *wanted)
+        .map(|(field, had, wanted)| {
+            let had = had.as_deref().unwrap_or("none");
+            format!("{field} {had}→{}", wanted.map_or("none", String::as_str))
+        })
+        .collect();
+    if shown.is_empty() {
+        "rootVolume or iamInstanceProfile changed".into()
+    } else {
+        shown.join(", ")
+    }
+}
+
 /// A Warning when an object that already matched its spec needs steps again: someone changed
 /// the instance out of band.
 pub fn drift(steady: bool, observed: Option<&ObservedInstance>, steps: &[Step]) -> Option<(Reason, String)> {
@@ -789,7 +1065,7 @@ pub fn drift_repairs(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>
     let mut kinds: Vec<&'static str> = steps
         .iter()
         .filter_map(|step| match step {
-            Step::Launch { .. } => Some("replaced"),
+            Step::Launch { .. } | Step::LaunchReplacement { .. } => Some("replaced"),
             Step::Start(_) => Some("started"),
             Step::Stop(_) if !want_running => Some("stopped"),
             // The plan stops an instance meant to run only to change its type or user data.
@@ -850,7 +1126,7 @@ mod tests {
             applied_tag_keys: applied.iter().map(|s| s.to_string()).collect(),
             ..Default::default()
         };
-        preview(&Desired { spec, owner: &owner }, observed, &recorded)
+        preview(&Desired { spec, owner: &owner }, observed, &[], &recorded)
     }
 
     #[test]
@@ -989,11 +1265,7 @@ mod tests {
         // AWS: a new instance may be unknown to DescribeInstances for a while. Reading that as
         // "gone" launched a second instance with a new token.
         let spec = spec();
-        let owner = owner();
-        let desired = Desired {
-            spec: &spec,
-            owner: &owner,
-        };
+        let desired = desired_for(&spec);
         assert_eq!(plan(&desired, None, &recorded(true)), vec![Step::Wait]);
         assert_eq!(
             plan(&desired, None, &recorded(false)),
@@ -1058,11 +1330,7 @@ mod tests {
     fn an_instance_that_keeps_dying_is_replaced_ever_more_slowly() {
         // Before: every poll launched (and billed) another instance.
         let spec = spec();
-        let owner = owner();
-        let desired = Desired {
-            spec: &spec,
-            owner: &owner,
-        };
+        let desired = desired_for(&spec);
         let dead = instance_for(&spec, InstanceState::Terminated);
         let after = |replacements: u32, secs: u64| Recorded {
             instance_id: Some(ID.into()),
@@ -1293,11 +1561,7 @@ mod tests {
         let spec = spec().with_user_data("echo one");
         let mut running = instance_for(&spec, InstanceState::Running);
         let hash = running.tags.remove(TAG_USER_DATA_SHA256).unwrap();
-        let owner = owner();
-        let desired = Desired {
-            spec: &spec,
-            owner: &owner,
-        };
+        let desired = desired_for(&spec);
         let seen = Recorded {
             user_data_sha256: Some(hash.clone()),
             ..Default::default()
@@ -1424,6 +1688,7 @@ mod tests {
 
     #[test]
     fn choose_prefers_the_status_instance_then_the_oldest_live_one() {
+        let any = |_: &ObservedInstance| true;
         let spec = spec();
         let a = instance_for(&spec, InstanceState::Running)
             .with_id("i-aaaaaaaaaaaaaaaaa")
@@ -1432,16 +1697,24 @@ mod tests {
             .with_id("i-bbbbbbbbbbbbbbbbb")
             .launched("2026-01-01T00:00:00Z");
         let dead = instance_for(&spec, InstanceState::Terminated).with_id("i-ccccccccccccccccc");
-        let (chosen, extras) = choose(vec![a.clone(), b.clone(), dead.clone()], Some("i-aaaaaaaaaaaaaaaaa"));
+        let (chosen, extras) = choose(
+            vec![a.clone(), b.clone(), dead.clone()],
+            Some("i-aaaaaaaaaaaaaaaaa"),
+            any,
+        );
         assert_eq!(chosen.unwrap().id, a.id);
         assert_eq!(extras, vec![b.clone()]);
-        let (chosen, _) = choose(vec![a.clone(), dead.clone(), b.clone()], Some("i-ccccccccccccccccc"));
+        let (chosen, _) = choose(
+            vec![a.clone(), dead.clone(), b.clone()],
+            Some("i-ccccccccccccccccc"),
+            any,
+        );
         assert_eq!(
             chosen.unwrap().id,
             b.id,
             "a live instance wins over the dead status one"
         );
-        let (chosen, extras) = choose(vec![dead.clone()], Some("i-ccccccccccccccccc"));
+        let (chosen, extras) = choose(vec![dead.clone()], Some("i-ccccccccccccccccc"), any);
         assert_eq!(chosen.unwrap().id, dead.id);
         assert!(extras.is_empty());
         let older_dead = dead
@@ -1449,7 +1722,7 @@ mod tests {
             .with_id("i-ddddddddddddddddd")
             .launched("2025-01-01T00:00:00Z");
         let newer_dead = dead.with_id("i-eeeeeeeeeeeeeeeee").launched("2026-06-01T00:00:00Z");
-        let (chosen, _) = choose(vec![older_dead, newer_dead.clone()], None);
+        let (chosen, _) = choose(vec![older_dead, newer_dead.clone()], None, any);
         assert_eq!(
             chosen.unwrap().id,
             newer_dead.id,
@@ -1596,5 +1869,303 @@ mod tests {
         let to_stop = spec.clone().with_desired_state(DesiredState::Stopped);
         assert_eq!(repairs(&to_stop, &running), ["stopped"], "started out of band");
         assert_eq!(repairs(&spec, &running), Vec::<&str>::new(), "no drift, no repair");
+    }
+
+    /// `updatePolicy: Replace`: a spec whose image changed from the one `old` was launched from.
+    mod replace {
+        use super::*;
+        use crate::crd::{RootVolume, VolumeType};
+
+        const OLD: &str = ID;
+        const NEW: &str = "i-0fffffffffffffff1";
+        const NEW_IMAGE: &str = "ami-0bbbbbbbbbbbbbbbb";
+
+        /// The instance as launched before the change (ami-760aaa0f), and the spec after it.
+        fn before_and_after() -> (ObservedInstance, Ec2InstanceSpec) {
+            let old = instance_for(&spec(), InstanceState::Running).launched("2026-01-01T00:00:00Z");
+            (old, spec().replacing_on_change().with_image(NEW_IMAGE))
+        }
+
+        /// The replacement as EC2 shows it once launched for `spec`.
+        fn replacement_for(spec: &Ec2InstanceSpec, state: InstanceState) -> ObservedInstance {
+            instance_for(spec, state).with_id(NEW).launched("2026-02-01T00:00:00Z")
+        }
+
+        /// Status names `OLD` (seen, an hour after its launch), and `NEW` as its replacement if given.
+        fn serving_old(replacement: Option<(&str, u64)>) -> Recorded {
+            Recorded {
+                instance_id: Some(OLD.into()),
+                seen: true,
+                since_launch: Some(Duration::from_secs(3600)),
+                same_generation: true,
+                replacement: replacement.map(|(id, _)| Replacement {
+                    instance_id: id.to_owned(),
+                    launch_time: Some("2026-02-01T00:00:00Z".into()),
+                }),
+                replacement_since_launch: replacement.map(|(_, ago)| Duration::from_secs(ago)),
+                ..Default::default()
+            }
+        }
+
+        fn replacement_launch(spec: &Ec2InstanceSpec, previous: Option<&str>) -> Step {
+            let owner = owner();
+            Desired { spec, owner: &owner }.launch_replacing(OLD, previous)
+        }
+
+        #[test]
+        fn old_running_and_no_new_one_launches_the_new_one_beside_it_with_its_own_token() {
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let steps = plan(&desired, Some(&old), &serving_old(None));
+            let [Step::LaunchReplacement { request, old: replaced }] = steps.as_slice() else {
+                panic!("one replacement launch, got {steps:?}")
+            };
+            assert_eq!(replaced, OLD);
+            assert_eq!(request.image_id, NEW_IMAGE);
+            assert_eq!(request.tags.get(TAG_LAUNCH_SHA256), Some(&launch_sha256(&after)));
+            assert_eq!(request.client_token, OWNER.replacement_token(OLD, None, request));
+            assert_ne!(
+                request.client_token,
+                OWNER.client_token(None),
+                "not the first launch's token"
+            );
+            let other_image = spec().replacing_on_change().with_image("ami-0cccccccccccccccc");
+            let Step::LaunchReplacement { request: other, .. } = replacement_launch(&other_image, None) else {
+                panic!("a replacement launch")
+            };
+            assert_ne!(
+                request.client_token, other.client_token,
+                "another change launches again"
+            );
+        }
+
+        #[test]
+        fn refuse_never_replaces_an_instance_launched_otherwise() {
+            let (old, after) = before_and_after();
+            let mut refused = after.clone();
+            refused.update_policy = UpdatePolicy::Refuse;
+            let desired = desired_for(&refused);
+            assert_eq!(plan(&desired, Some(&old), &serving_old(None)), vec![]);
+        }
+
+        #[test]
+        fn a_new_one_launched_moments_ago_and_not_shown_yet_is_waited_for() {
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let waiting = serving_old(Some((NEW, 5)));
+            let presumed = presumed_replacement(&desired, &waiting).expect("presumed on its way");
+            assert_eq!((presumed.id.as_str(), presumed.state), (NEW, InstanceState::Pending));
+            let keep = |i: &ObservedInstance| desired.may_keep(i, &waiting);
+            let (chosen, extras) = choose(vec![old.clone(), presumed.clone()], Some(OLD), keep);
+            assert_eq!((chosen.as_ref(), extras), (Some(&presumed), vec![old.clone()]));
+            assert_eq!(
+                plan(&desired, Some(&presumed), &waiting),
+                vec![Step::Wait],
+                "no call on it"
+            );
+
+            // Not shown ten minutes after its launch: gone; the next launch names it in its token.
+            let gone = serving_old(Some((NEW, 3600)));
+            assert_eq!(presumed_replacement(&desired, &gone), None);
+            let steps = plan(&desired, Some(&old), &gone);
+            assert_eq!(steps, vec![replacement_launch(&after, Some(NEW))]);
+        }
+
+        #[test]
+        fn a_new_one_pending_is_managed_while_the_old_one_serves_and_stays() {
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let recorded = serving_old(Some((NEW, 5)));
+            let new = replacement_for(&after, InstanceState::Pending);
+            let keep = |i: &ObservedInstance| desired.may_keep(i, &recorded);
+            let (chosen, extras) = choose(vec![old.clone(), new.clone()], Some(OLD), keep);
+            assert_eq!(chosen.as_ref(), Some(&new), "the one launched as the spec says");
+            let (replaced, duplicates) = replaced_and_duplicates(&desired, extras, &recorded);
+            assert_eq!((replaced.clone(), duplicates), (vec![old.clone()], vec![]));
+
+            assert_eq!(plan(&desired, Some(&new), &recorded), vec![Step::Wait]);
+            assert_eq!(retire(&desired, Some(&new), &replaced, &recorded), vec![]);
+            let serving = in_service(&desired, Some(&new), &replaced, &recorded);
+            assert_eq!(serving, Some(&old));
+            assert_eq!(
+                on_its_way(Some(&new), serving),
+                Some(&new),
+                "status names it as the replacement"
+            );
+            let readiness = replacing(&new, &old);
+            assert_eq!((readiness.ready, readiness.reason), (false, "Replacing"));
+            assert!(readiness.message.contains(NEW) && readiness.message.contains(OLD));
+        }
+
+        #[test]
+        fn a_new_one_running_takes_over_and_the_old_one_is_terminated() {
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let recorded = serving_old(Some((NEW, 60)));
+            let new = replacement_for(&after, InstanceState::Running);
+            let replaced = [old.clone()];
+            let mut steps = plan(&desired, Some(&new), &recorded);
+            steps.extend(retire(&desired, Some(&new), &replaced, &recorded));
+            assert_eq!(steps, vec![Step::Terminate(OLD.into())]);
+            let left = still_replaced(Some(&new), &replaced, &steps);
+            assert!(left.is_empty(), "{left:?}");
+            let serving = in_service(&desired, Some(&new), &left, &recorded);
+            assert_eq!((serving, on_its_way(Some(&new), serving)), (Some(&new), None));
+        }
+
+        #[test]
+        fn the_old_one_already_gone_leaves_the_new_one_alone() {
+            // A crash after the old one's termination and before the status write.
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let recorded = serving_old(Some((NEW, 60)));
+            let dead = old.in_state(InstanceState::ShuttingDown);
+            let new = replacement_for(&after, InstanceState::Running);
+            let keep = |i: &ObservedInstance| desired.may_keep(i, &recorded);
+            let (chosen, extras) = choose(vec![dead, new.clone()], Some(OLD), keep);
+            assert_eq!((chosen.as_ref(), extras), (Some(&new), vec![]));
+            assert_eq!(plan(&desired, Some(&new), &recorded), vec![]);
+            assert_eq!(in_service(&desired, Some(&new), &[], &recorded), Some(&new));
+        }
+
+        #[test]
+        fn a_crash_before_the_status_named_the_new_one_finds_it_or_repeats_the_same_launch() {
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let unrecorded = serving_old(None);
+            // EC2 shows it: found by its owner tag, chosen by its launch tag.
+            let new = replacement_for(&after, InstanceState::Pending);
+            let keep = |i: &ObservedInstance| desired.may_keep(i, &unrecorded);
+            let (chosen, _) = choose(vec![old.clone(), new.clone()], Some(OLD), keep);
+            assert_eq!(chosen, Some(new));
+            // EC2 does not show it yet: the same launch, the same token, which EC2 answers with it.
+            let again = plan(&desired, Some(&old), &unrecorded);
+            assert_eq!(again, vec![replacement_launch(&after, None)]);
+        }
+
+        #[test]
+        fn under_refuse_the_status_instance_stays_chosen_whatever_it_was_launched_from() {
+            let (old, after) = before_and_after();
+            let mut refused = after.clone();
+            refused.update_policy = UpdatePolicy::Refuse;
+            let desired = desired_for(&refused);
+            let recorded = serving_old(None);
+            let new = replacement_for(&after, InstanceState::Running);
+            let keep = |i: &ObservedInstance| desired.may_keep(i, &recorded);
+            let (chosen, extras) = choose(vec![new.clone(), old.clone()], Some(OLD), keep);
+            assert_eq!(chosen, Some(old));
+            let (replaced, duplicates) = replaced_and_duplicates(&desired, extras, &recorded);
+            assert_eq!((replaced, duplicates), (vec![], vec![new]), "a duplicate, as before");
+        }
+
+        #[test]
+        fn what_an_instance_was_launched_with_is_read_from_its_tag_then_status_then_ec2() {
+            let (old, after) = before_and_after();
+            let nothing = Recorded::default();
+            assert!(launched_as_specified(&spec(), &old, &nothing), "its launch tag");
+            assert!(!launched_as_specified(&after, &old, &nothing));
+            // DescribeInstances does not show the root volume's settings: the tag does.
+            let bigger = spec().replacing_on_change();
+            let bigger = Ec2InstanceSpec {
+                root_volume: Some(RootVolume {
+                    size_gib: Some(64),
+                    volume_type: Some(VolumeType::Gp3),
+                    encrypted: None,
+                }),
+                ..bigger
+            };
+            assert!(!launched_as_specified(&bigger, &old, &nothing));
+
+            // No tag (launched before it existed): what status recorded, else the shown fields.
+            let untagged = old.clone().without_instance_tag(TAG_LAUNCH_SHA256);
+            let recorded = Recorded {
+                instance_id: Some(OLD.into()),
+                launch_sha256: Some(launch_sha256(&spec())),
+                ..Default::default()
+            };
+            assert!(!launched_as_specified(&bigger, &untagged, &recorded));
+            assert!(
+                launched_as_specified(&bigger, &untagged, &nothing),
+                "the shown fields match"
+            );
+            assert!(!launched_as_specified(&after, &untagged, &nothing), "another image");
+        }
+
+        #[test]
+        fn the_plan_preview_shows_the_replacement_before_and_after_its_launch() {
+            let (old, after) = before_and_after();
+            let desired = desired_for(&after);
+            let recorded = serving_old(None);
+            assert_eq!(
+                preview(&desired, Some(&old), &[], &recorded).as_deref(),
+                Some("launch t3.micro from ami-0bbbbbbbbbbbbbbbb → terminate i-0123456789abcdef0 once it runs")
+            );
+            let new = replacement_for(&after, InstanceState::Pending);
+            assert_eq!(
+                preview(&desired, Some(&new), std::slice::from_ref(&old), &recorded).as_deref(),
+                Some("terminate i-0123456789abcdef0 once i-0fffffffffffffff1 runs")
+            );
+        }
+
+        #[test]
+        fn the_old_one_is_retired_only_after_a_launch_beside_it() {
+            let (old, after) = before_and_after();
+            let launch = replacement_launch(&after, None);
+            let left = still_replaced(Some(&old), &[], std::slice::from_ref(&launch));
+            assert_eq!(left, vec![old.clone()]);
+            assert_eq!(still_replaced(Some(&old), &[], &[Step::Wait]), vec![]);
+        }
+
+        #[test]
+        fn a_replacement_that_died_at_launch_fails_the_object_and_the_old_one_serves_on() {
+            let (_, after) = before_and_after();
+            let recorded = serving_old(Some((NEW, 60)));
+            let mut died = replacement_for(&after, InstanceState::Terminated);
+            died.state_reason = Some("Client.InternalError: Client error on launch".into());
+            assert_eq!(
+                replacement_failure(Some(&died), &recorded),
+                Some((NEW.into(), "Client.InternalError: Client error on launch".into()))
+            );
+            let spec_changed = Recorded {
+                same_generation: false,
+                ..recorded.clone()
+            };
+            assert_eq!(replacement_failure(Some(&died), &spec_changed), None);
+            let mut terminated = died.clone();
+            terminated.state_reason = Some("Client.UserInitiatedShutdown: User initiated shutdown".into());
+            assert_eq!(
+                replacement_failure(Some(&terminated), &recorded),
+                None,
+                "launched again"
+            );
+        }
+
+        #[test]
+        fn deleting_during_a_replacement_terminates_a_new_one_ec2_does_not_show_yet() {
+            let (old, _) = before_and_after();
+            let recorded = serving_old(Some((NEW, 1)));
+            let cleanup = plan_cleanup(DeletionPolicy::Delete, std::slice::from_ref(&old), &recorded);
+            assert_eq!(
+                cleanup,
+                Cleanup {
+                    steps: vec![Step::Terminate(OLD.into()), Step::Terminate(NEW.into())],
+                    release: false,
+                }
+            );
+        }
+
+        #[test]
+        fn the_launch_event_names_the_old_and_the_new_instance_and_what_changed() {
+            let (old, after) = before_and_after();
+            let new = replacement_for(&after, InstanceState::Pending);
+            let (reason, note) = event(&replacement_launch(&after, None), Some(&old), Some(&new)).unwrap();
+            assert_eq!(reason, Reason::Launched);
+            assert!(!reason.is_warning());
+            assert_eq!(
+                note,
+                "replacing instance i-0123456789abcdef0 (imageId ami-760aaa0f→ami-0bbbbbbbbbbbbbbbb): launched \
+                 i-0fffffffffffffff1; i-0123456789abcdef0 serves until i-0fffffffffffffff1 runs, then it is terminated"
+            );
+        }
     }
 }

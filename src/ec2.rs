@@ -286,7 +286,9 @@ impl Ec2 {
     pub async fn execute(&self, step: &Step) -> Result<Option<ObservedInstance>> {
         let launched = match step {
             Step::Wait => return Ok(None),
-            Step::Launch { request, .. } => Some(self.run_instance(request).await?),
+            Step::Launch { request, .. } | Step::LaunchReplacement { request, .. } => {
+                Some(self.run_instance(request).await?)
+            }
             Step::Start(id) => self.start(id).await.map(|_| None)?,
             Step::Stop(id) => self.stop(id).await.map(|_| None)?,
             Step::Terminate(id) => self.terminate(id).await.map(|_| None)?,
@@ -433,14 +435,21 @@ impl Ec2 {
             .send()
             .await
             .map_err(|e| fault("RunInstances", e))?;
-        out.instances().iter().find_map(observe).ok_or_else(|| {
+        let mut launched = out.instances().iter().find_map(observe).ok_or_else(|| {
             Error::Aws(AwsFault {
                 operation: "RunInstances",
                 code: "EmptyResponse".into(),
                 message: "RunInstances returned no instance".into(),
                 retryable: true,
             })
-        })
+        })?;
+        // EC2 set the request's tags with the launch (TagSpecifications) and launched the image
+        // asked for: an answer that leaves them out still describes an instance that has them.
+        for (key, value) in &r.tags {
+            launched.tags.entry(key.clone()).or_insert_with(|| value.clone());
+        }
+        launched.image_id.get_or_insert_with(|| r.image_id.clone());
+        Ok(launched)
     }
 
     /// The root volume's mapping: sizing or encrypting it needs the AMI's root device name.

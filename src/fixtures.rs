@@ -2,7 +2,7 @@
 
 use kube::api::ObjectMeta;
 
-use crate::crd::{DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus, ManagementPolicy};
+use crate::crd::{DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus, ManagementPolicy, UpdatePolicy};
 use crate::decide::Desired;
 use crate::model::{InstanceState, ObservedInstance, Owner};
 
@@ -38,6 +38,15 @@ pub trait SpecBuilder: Sized {
     }
     fn with_subnet(mut self, subnet_id: &str) -> Self {
         self.spec_mut().subnet_id = Some(subnet_id.into());
+        self
+    }
+    fn with_image(mut self, image_id: &str) -> Self {
+        self.spec_mut().image_id = image_id.into();
+        self
+    }
+    /// `updatePolicy: Replace`: a change of a field fixed at launch replaces the instance.
+    fn replacing_on_change(mut self) -> Self {
+        self.spec_mut().update_policy = UpdatePolicy::Replace;
         self
     }
     fn observe_only(mut self) -> Self {
@@ -106,7 +115,16 @@ pub fn spec() -> Ec2InstanceSpec {
         desired_state: DesiredState::Running,
         deletion_policy: Default::default(),
         management_policy: Default::default(),
+        update_policy: Default::default(),
     }
+}
+
+/// The test owner, for [`desired_for`].
+pub static OWNER: std::sync::LazyLock<Owner> = std::sync::LazyLock::new(owner);
+
+/// What `spec` asks of EC2 for the test owner.
+pub fn desired_for(spec: &Ec2InstanceSpec) -> Desired<'_> {
+    Desired { spec, owner: &OWNER }
 }
 
 pub fn owner() -> Owner {
@@ -155,6 +173,10 @@ impl ObservedInstance {
     }
     pub fn with_instance_tag(mut self, key: &str, value: &str) -> Self {
         self.tags.insert(key.into(), value.into());
+        self
+    }
+    pub fn without_instance_tag(mut self, key: &str) -> Self {
+        self.tags.remove(key);
         self
     }
     pub fn launched(mut self, at: &str) -> Self {

@@ -20,11 +20,17 @@ pub const TAG_NAME: &str = "k106.com/name";
 /// SHA-256 of the user data last applied: EC2 does not return user data in DescribeInstances,
 /// and a tag is observed for free in the same call.
 pub const TAG_USER_DATA_SHA256: &str = "k106.com/user-data-sha256";
+/// SHA-256 of the fields EC2 fixes at launch (imageId, subnetId, keyName, iamInstanceProfile,
+/// rootVolume), set by RunInstances: DescribeInstances does not show the root volume's settings
+/// or the profile's name, and `updatePolicy: Replace` must know whether an instance was launched
+/// as the spec now says.
+pub const TAG_LAUNCH_SHA256: &str = "k106.com/launch-sha256";
 /// When the operator first found the instance without its object (an orphan), RFC 3339: the
 /// grace before `--terminate-orphans-after-seconds` counts from it, across restarts.
 pub const TAG_ORPHANED_SINCE: &str = "k106.com/orphaned-since";
-/// Tags the operator may put on one instance: the four of [`Owner::tags`] and the user data hash.
-pub const SYSTEM_TAG_COUNT: usize = 5;
+/// Tags the operator may put on one instance: the four of [`Owner::tags`], the user data hash and
+/// the launch hash.
+pub const SYSTEM_TAG_COUNT: usize = 6;
 /// EC2 allows 50 tags per resource; what the operator does not use is the user's.
 pub const MAX_USER_TAGS: usize = 50 - SYSTEM_TAG_COUNT;
 /// EC2's limit on user data, before base64 encoding.
@@ -151,10 +157,52 @@ impl Owner {
         .take(64)
         .collect()
     }
+
+    /// RunInstances ClientToken of a launch that replaces the live instance `old` under
+    /// `updatePolicy: Replace`: the UID and a digest of `old`, the replacement launched before
+    /// for it (if status names one) and the whole launch request. A retry of the same decision,
+    /// after a crash too, sends the same token and EC2 answers with the instance it launched;
+    /// another spec, or another try after that replacement died, launches anew.
+    pub fn replacement_token(&self, old: &str, previous: Option<&str>, request: &LaunchRequest) -> String {
+        let digest = sha256_hex(&format!("{old}\n{}\n{}", previous.unwrap_or(""), request.digest()));
+        // A UID has 36 characters: 36 + 1 + 27 = 64, EC2's limit.
+        format!("{}-{}", self.uid, &digest[..27]).chars().take(64).collect()
+    }
+}
+
+impl LaunchRequest {
+    /// SHA-256 of everything the request asks EC2 for but its ClientToken: EC2 answers a token it
+    /// saw with other parameters with `IdempotentParameterMismatch`, so a token is never reused
+    /// for another request.
+    pub fn digest(&self) -> String {
+        let root = self
+            .root_volume
+            .as_ref()
+            .map(|v| (v.size_gib, v.volume_type.clone(), v.encrypted));
+        // Debug of strings, options, vectors and maps: one canonical text per request.
+        sha256_hex(&format!(
+            "{:?}",
+            (
+                &self.image_id,
+                &self.instance_type,
+                &self.subnet_id,
+                &self.security_group_ids,
+                &self.key_name,
+                &self.iam_instance_profile,
+                &self.user_data,
+                &self.tags,
+                root,
+            )
+        ))
+    }
 }
 
 pub fn user_data_sha256(user_data: &str) -> String {
-    Sha256::digest(user_data.as_bytes())
+    sha256_hex(user_data)
+}
+
+pub fn sha256_hex(text: &str) -> String {
+    Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect()
@@ -169,6 +217,13 @@ pub enum Step {
     Launch {
         request: Box<LaunchRequest>,
         replaces: Option<String>,
+    },
+    /// `updatePolicy: Replace`: launch the instance the spec now describes next to `old`, which
+    /// was launched with other fixed fields and keeps serving until the new one runs. Always the
+    /// only step of its plan.
+    LaunchReplacement {
+        request: Box<LaunchRequest>,
+        old: String,
     },
     /// The instance is between states; nothing to call, look again soon.
     Wait,
@@ -207,6 +262,7 @@ impl Step {
     pub fn label(&self) -> &'static str {
         match self {
             Step::Launch { .. } => "launch",
+            Step::LaunchReplacement { .. } => "launch_replacement",
             Step::Wait => "wait",
             Step::Start(_) => "start",
             Step::Stop(_) => "stop",
@@ -224,6 +280,7 @@ impl Step {
     pub fn instance_id(&self) -> Option<&str> {
         match self {
             Step::Launch { replaces, .. } => replaces.as_deref(),
+            Step::LaunchReplacement { old, .. } => Some(old),
             Step::Wait => None,
             Step::Start(id) | Step::Stop(id) | Step::Terminate(id) => Some(id),
             Step::ModifyInstanceType { id, .. }
@@ -236,7 +293,15 @@ impl Step {
 
     /// Steps after which the instance changes state; the object is requeued quickly.
     pub fn starts_transition(&self) -> bool {
-        matches!(self, Step::Launch { .. } | Step::Wait | Step::Start(_) | Step::Stop(_))
+        matches!(
+            self,
+            Step::Launch { .. } | Step::LaunchReplacement { .. } | Step::Wait | Step::Start(_) | Step::Stop(_)
+        )
+    }
+
+    /// A launch of either kind: the new instance is only known from EC2's answer.
+    pub fn launches(&self) -> bool {
+        matches!(self, Step::Launch { .. } | Step::LaunchReplacement { .. })
     }
 }
 
@@ -278,7 +343,7 @@ impl ObservedInstance {
                 self.tags.retain(|k, _| !remove.contains(k));
             }
             Step::Release { keys, .. } => self.tags.retain(|k, _| !keys.contains(k)),
-            Step::Launch { .. } | Step::Wait => {}
+            Step::Launch { .. } | Step::LaunchReplacement { .. } | Step::Wait => {}
         }
         self
     }
@@ -305,8 +370,39 @@ mod tests {
     }
 
     #[test]
+    fn replacement_tokens_repeat_for_one_decision_and_differ_for_another() {
+        let owner = owner();
+        let request = LaunchRequest {
+            image_id: "ami-0bbbbbbbbbbbbbbbb".into(),
+            instance_type: "t3.micro".into(),
+            ..Default::default()
+        };
+        let token = owner.replacement_token("i-0aaaaaaaaaaaaaaaa", None, &request);
+        assert_eq!(token.len(), 64, "{token}");
+        assert!(token.starts_with(&owner.uid));
+        assert_eq!(token, owner.replacement_token("i-0aaaaaaaaaaaaaaaa", None, &request));
+        let other_image = LaunchRequest {
+            image_id: "ami-0cccccccccccccccc".into(),
+            ..request.clone()
+        };
+        let other_tags = LaunchRequest {
+            tags: BTreeMap::from([("team".into(), "a".into())]),
+            ..request.clone()
+        };
+        for different in [
+            owner.replacement_token("i-0aaaaaaaaaaaaaaaa", None, &other_image),
+            owner.replacement_token("i-0aaaaaaaaaaaaaaaa", None, &other_tags),
+            owner.replacement_token("i-0dddddddddddddddd", None, &request),
+            owner.replacement_token("i-0aaaaaaaaaaaaaaaa", Some("i-0eeeeeeeeeeeeeeee"), &request),
+        ] {
+            assert_ne!(token, different);
+        }
+        assert_ne!(token, owner.client_token(Some("i-0aaaaaaaaaaaaaaaa")));
+    }
+
+    #[test]
     fn the_system_tags_fit_in_what_the_users_leave() {
-        let most = owner().tags().len() + 1; // + the user data hash
+        let most = owner().tags().len() + 2; // + the user data and launch hashes
         assert_eq!(most, SYSTEM_TAG_COUNT);
     }
 

@@ -189,27 +189,49 @@ impl<'a> Reconciler<'a> {
         self.recorded.instance_id.as_deref()
     }
 
+    fn desired(&self) -> Desired<'_> {
+        Desired {
+            spec: &self.obj.spec,
+            owner: &self.owner,
+        }
+    }
+
+    /// Of `found`, the instance to manage and the other live ones (see [`decide::choose`]).
+    fn choose(&self, found: Vec<ObservedInstance>) -> (Option<ObservedInstance>, Vec<ObservedInstance>) {
+        let desired = self.desired();
+        decide::choose(found, self.status_id(), |i| desired.may_keep(i, &self.recorded))
+    }
+
     async fn apply(&self) -> Result<Action> {
         if self.obj.paused() || self.obj.spec.management_policy == ManagementPolicy::ObserveOnly {
             return self.hands_off().await;
         }
         let steady = decide::is_steady(&self.obj);
+        // `None`: wait for the next poll (steady) or the next batch of instances in transition.
+        let wait = if steady {
+            self.ctx.timing.poll_interval
+        } else {
+            WATCH_INTERVAL * 2
+        };
         let Some((observed, extras)) = self.observe(steady).await? else {
-            // Waiting for the next poll (steady) or the next batch of instances in transition.
-            let wait = if steady {
-                self.ctx.timing.poll_interval
-            } else {
-                WATCH_INTERVAL * 2
-            };
             return Ok(Action::requeue(wait));
         };
-        let desired = Desired {
-            spec: &self.obj.spec,
-            owner: &self.owner,
+        let mut found: Vec<ObservedInstance> = observed.into_iter().chain(extras).collect();
+        let Some(replacement) = self.replacement(&found) else {
+            return Ok(Action::requeue(wait));
         };
-        self.preflight(&desired, observed.as_ref()).await?;
-        let mut steps = decide::duplicates_to_terminate(&extras, &self.recorded, self.ctx.timing.poll_interval);
+        if let Some(new) = replacement.as_ref().filter(|r| !found.iter().any(|i| i.id == r.id)) {
+            found.push(new.clone());
+        }
+        let (observed, extras) = self.choose(found);
+        let desired = self.desired();
+        let (replaced, duplicates) = decide::replaced_and_duplicates(&desired, extras, &self.recorded);
+        self.report_duplicates(observed.as_ref(), &duplicates).await;
+        self.preflight(&desired, observed.as_ref(), replacement.as_ref())
+            .await?;
+        let mut steps = decide::duplicates_to_terminate(&duplicates, &self.recorded, self.ctx.timing.poll_interval);
         steps.extend(decide::plan(&desired, observed.as_ref(), &self.recorded));
+        steps.extend(decide::retire(&desired, observed.as_ref(), &replaced, &self.recorded));
         if decide::held_back(&steps, &self.recorded) {
             return Ok(Action::await_change());
         }
@@ -219,14 +241,21 @@ impl<'a> Reconciler<'a> {
             }
             self.publish(reason, note).await;
         }
-        let current = self.execute(&steps, observed).await?;
-        let mut readiness = decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref());
+        let current = self.execute(&steps, observed.clone()).await?;
+        let replaced = decide::still_replaced(observed.as_ref(), &replaced, &steps);
+        // Until a replacement runs, status describes the instance it replaces, which serves.
+        let serving = decide::in_service(&desired, current.as_ref(), &replaced, &self.recorded);
+        let replacing = decide::on_its_way(current.as_ref(), serving);
+        let mut readiness = match (replacing, serving) {
+            (Some(new), Some(old)) => decide::replacing(new, old),
+            _ => decide::readiness(self.obj.spec.desired_state, &steps, current.as_ref()),
+        };
         let applied = decide::applied_tag_keys(&self.obj.spec);
         let left = Recorded {
             applied_tag_keys: applied.clone(),
             ..self.recorded.clone()
         };
-        let plan = decide::preview(&desired, current.as_ref(), &left);
+        let plan = decide::preview(&desired, current.as_ref(), &replaced, &left);
         if let Some(plan) = plan.as_ref().filter(|_| !readiness.ready) {
             readiness.message = format!("{}; next: {plan}", readiness.message);
         }
@@ -237,11 +266,12 @@ impl<'a> Reconciler<'a> {
             None => {}
         }
         let ready = readiness.ready;
-        let mut status = self.next_status(current.as_ref(), applied, readiness);
+        let mut status = self.next_status(serving, applied, readiness);
+        status.replacement = replacing.map(status::replacement);
         status.plan = plan;
         status.replacements = decide::replacements(&self.recorded, &steps, ready);
         (status.duplicates, status.duplicates_since) =
-            decide::duplicates_seen(&extras, &steps, &self.recorded, jiff::Timestamp::now());
+            decide::duplicates_seen(&duplicates, &steps, &self.recorded, jiff::Timestamp::now());
         let became_ready = status::became_ready(&self.obj, &status, jiff::Timestamp::now());
         status::write(&self.api, &self.obj, status).await?;
         if let Some(took) = became_ready {
@@ -264,9 +294,19 @@ impl<'a> Reconciler<'a> {
         } else {
             Some(self.observed_only().await?)
         };
-        let desired = Desired {
-            spec: &self.obj.spec,
-            owner: &self.owner,
+        let desired = self.desired();
+        // Under `updatePolicy: Replace` the poll may show a replacement next to the instance.
+        let (observed, replaced) = match observed {
+            Some(Some(instance)) => {
+                let mut found = self.ctx.inventory.siblings(&self.region, &self.owner.uid, &instance.id);
+                found.push(instance);
+                let (chosen, others) = self.choose(found);
+                (
+                    Some(chosen),
+                    decide::replaced_and_duplicates(&desired, others, &self.recorded).0,
+                )
+            }
+            other => (other, Vec::new()),
         };
         let plan = observed.as_ref().and_then(|found| {
             let mut found = found.clone();
@@ -274,11 +314,19 @@ impl<'a> Reconciler<'a> {
                 // Observe-only never tags: its own tags missing are no difference.
                 instance.tags.extend(self.owner.tags());
             }
-            decide::preview(&desired, found.as_ref(), &self.recorded)
+            decide::preview(&desired, found.as_ref(), &replaced, &self.recorded)
         });
         let readiness = decide::hands_off_readiness(paused, observed.as_ref().map(Option::as_ref), plan.as_deref());
         let current = observed.flatten();
-        let mut status = self.next_status(current.as_ref(), self.recorded.applied_tag_keys.clone(), readiness);
+        let serving = decide::in_service(&desired, current.as_ref(), &replaced, &self.recorded);
+        let mut status = self.next_status(serving, self.recorded.applied_tag_keys.clone(), readiness);
+        // Nothing moves while hands off: a replacement the poll does not show stays recorded.
+        status.replacement = decide::on_its_way(current.as_ref(), serving)
+            .map(status::replacement)
+            .or_else(|| {
+                let serves = |r: &crate::crd::Replacement| serving.is_some_and(|s| s.id == r.instance_id);
+                self.recorded.replacement.clone().filter(|r| !serves(r))
+            });
         status.plan = plan;
         status::write(&self.api, &self.obj, status).await?;
         Ok(Action::requeue(self.ctx.timing.poll_interval))
@@ -299,7 +347,7 @@ impl<'a> Reconciler<'a> {
             },
             None => {
                 let owned = self.ctx.inventory.owned(&self.region, &self.owner.uid)?;
-                Some(decide::choose(owned, None).0)
+                Some(self.choose(owned).0)
             }
         }
     }
@@ -313,7 +361,7 @@ impl<'a> Reconciler<'a> {
                 _ => Ok(self.ec2.describe_by_ids(&[id.to_owned()]).await?.into_iter().next()),
             },
             None => match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
-                Some(owned) => Ok(decide::choose(owned, None).0),
+                Some(owned) => Ok(self.choose(owned).0),
                 None => Err(Error::WaitingForPoll),
             },
         }
@@ -342,7 +390,7 @@ impl<'a> Reconciler<'a> {
     /// for an object that matched its spec, else from the batched describe of instances in
     /// transition, else from EC2. `None`: wait for the next poll or batch.
     async fn observe(&self, steady: bool) -> Result<Option<(Option<ObservedInstance>, Vec<ObservedInstance>)>> {
-        let found = match self.status_id() {
+        Ok(match self.status_id() {
             Some(id) if steady => match self.ctx.inventory.lookup(&self.region, id) {
                 Sighting::Seen(instance) if decide::belongs_to(&instance, &self.owner) => {
                     let siblings = self.ctx.inventory.siblings(&self.region, &self.owner.uid, id);
@@ -356,24 +404,41 @@ impl<'a> Reconciler<'a> {
             },
             Some(id) => self.in_transition(id, false).await?,
             None => self.unrecorded().await?,
+        })
+    }
+
+    /// The replacement status names (`updatePolicy: Replace`), as EC2 shows it, dead ones too:
+    /// among `found`, else from the batched describe of instances in transition (no call of its
+    /// own); not shown yet, as RunInstances left it ([`decide::presumed_replacement`]). Inner
+    /// `None`: there is none; outer `None`: wait for the next batch.
+    fn replacement(&self, found: &[ObservedInstance]) -> Option<Option<ObservedInstance>> {
+        let Some(id) = self.recorded.replacement_id() else {
+            return Some(None);
         };
-        let Some(found) = found else {
-            return Ok(None);
-        };
-        let new: Vec<&str> = found
-            .1
+        if let Some(instance) = found.iter().find(|i| i.id == id) {
+            return Some(Some(instance.clone()));
+        }
+        match self.ctx.inventory.watch(&self.region, id) {
+            Watched::Seen(instance) if decide::belongs_to(&instance, &self.owner) => Some(Some(*instance)),
+            Watched::Seen(_) | Watched::Missing => Some(decide::presumed_replacement(&self.desired(), &self.recorded)),
+            Watched::Pending => None,
+        }
+    }
+
+    /// A Warning for live duplicates not reported before.
+    async fn report_duplicates(&self, managed: Option<&ObservedInstance>, duplicates: &[ObservedInstance]) {
+        let new: Vec<&str> = duplicates
             .iter()
             .map(|i| i.id.as_str())
             .filter(|id| !self.recorded.duplicates.iter().any(|d| d == id))
             .collect();
         if !new.is_empty() {
-            let managed = found.0.as_ref().map(|i| &i.id);
+            let managed = managed.map(|i| &i.id);
             let note = format!(
                 "more live instances carry this object's owner tag: {new:?}; managing {managed:?}, terminating the others if still there at the next poll"
             );
             self.publish(Reason::DuplicateInstances, note).await;
         }
-        Ok(Some(found))
     }
 
     /// No instance recorded: the fleet poll shows any instance a predecessor launched and
@@ -390,9 +455,7 @@ impl<'a> Reconciler<'a> {
             return self.adopt(id).await.map(Some);
         }
         match self.ctx.inventory.owned(&self.region, &self.owner.uid) {
-            Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => {
-                Ok(Some(decide::choose(owned, None)))
-            }
+            Some(owned) if !self.ctx.inventory.changed_since_poll(&self.region, &owned) => Ok(Some(self.choose(owned))),
             Some(_) => Ok(Some(self.find().await?)),
             None => Err(Error::WaitingForPoll),
         }
@@ -422,9 +485,17 @@ impl<'a> Reconciler<'a> {
         }))
     }
 
-    /// Refusals before any change: an instance that died at launch, a type EC2 does not offer.
-    async fn preflight(&self, desired: &Desired<'_>, observed: Option<&ObservedInstance>) -> Result<()> {
-        if let Some((id, reason)) = decide::launch_failure(observed, &self.recorded) {
+    /// Refusals before any change: an instance (or its replacement) that died at launch, a type
+    /// EC2 does not offer.
+    async fn preflight(
+        &self,
+        desired: &Desired<'_>,
+        observed: Option<&ObservedInstance>,
+        replacement: Option<&ObservedInstance>,
+    ) -> Result<()> {
+        let died = decide::launch_failure(observed, &self.recorded)
+            .or_else(|| decide::replacement_failure(replacement, &self.recorded));
+        if let Some((id, reason)) = died {
             return Err(Error::InstanceDied { id, reason });
         }
         if let Some(instance_type) = decide::type_to_confirm(desired, observed)
@@ -484,6 +555,8 @@ impl<'a> Reconciler<'a> {
         let what = format!("terminating {ids:?}");
         let readiness = Readiness::not_ready("Deleting", what.clone());
         let mut status = self.next_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness);
+        // A replacement EC2 does not show yet is still terminated before the finalizer goes.
+        status.replacement = self.obj.status.as_ref().and_then(|s| s.replacement.clone());
         if owned.is_empty() && decide::terminates(&cleanup.steps, self.status_id()) {
             // EC2 accepted it, so it knows it: once describe stops showing it (terminated long
             // enough ago), it is gone, not still on its way (Recorded::seen).
@@ -525,7 +598,7 @@ impl<'a> Reconciler<'a> {
     /// instance that status does not name yet; its tags were set atomically at launch), and the
     /// other live instances found with it.
     async fn find(&self) -> Result<(Option<ObservedInstance>, Vec<ObservedInstance>)> {
-        Ok(decide::choose(self.describe_known(false).await?, self.status_id()))
+        Ok(self.choose(self.describe_known(false).await?))
     }
 
     /// Every instance of this object while it is being deleted: the status's own from the
@@ -1088,6 +1161,50 @@ mod tests {
             !metrics.contains("ec2_operator_drift_repairs_total{"),
             "a new object does not drift"
         );
+    }
+
+    #[tokio::test]
+    async fn under_replace_a_new_image_is_launched_beside_the_old_instance_which_status_keeps_naming() {
+        const OLD: &str = "i-0aaaaaaaaaaaaaaaa";
+        const NEW: &str = "i-0bbbbbbbbbbbbbbbb";
+        let old = instance_for(&spec(), crate::model::InstanceState::Running).with_id(OLD);
+        let mut obj = Ec2Instance::test()
+            .finalized()
+            .ready_on(&old)
+            .replacing_on_change()
+            .with_image("ami-0cccccccccccccccc");
+        obj.metadata.generation = Some(2); // the image changed
+        // EC2 shows no launch tag here: status remembers what the old instance was launched with.
+        let shown = mock!(aws_sdk_ec2::Client::describe_instances)
+            .then_output(|| described(vec![sdk_instance(OLD, InstanceStateName::Running, UID)]));
+        let launch = mock!(aws_sdk_ec2::Client::run_instances)
+            .match_requests(|r| {
+                let token = r.client_token().unwrap_or_default();
+                r.image_id() == Some("ami-0cccccccccccccccc") && token.starts_with(UID) && token != UID
+            })
+            .then_output(|| {
+                RunInstancesOutput::builder()
+                    .instances(sdk_instance(NEW, InstanceStateName::Pending, UID))
+                    .build()
+            });
+        let terminate = mock!(aws_sdk_ec2::Client::terminate_instances)
+            .then_output(|| aws_sdk_ec2::operation::terminate_instances::TerminateInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&shown, &launch, &terminate]);
+        let (client, server) = ApiServer::start(obj.clone());
+        let ctx = polled(in_transition(context(client, ec2), OLD).await).await;
+
+        reconcile(Arc::new(obj), ctx).await.unwrap();
+
+        assert_eq!(
+            (launch.num_calls(), terminate.num_calls()),
+            (1, 0),
+            "the old one serves on"
+        );
+        let status = &server.status_patches().pop().unwrap()["status"];
+        assert_eq!(status["instanceId"], OLD);
+        assert_eq!(status["replacement"]["instanceId"], NEW);
+        assert_eq!(status["conditions"][0]["reason"], "Replacing");
+        assert_eq!(status["plan"], format!("terminate {OLD} once {NEW} runs"));
     }
 
     #[tokio::test]

@@ -6,10 +6,10 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
-use crate::crd::{Ec2Instance, Ec2InstanceStatus};
-use crate::decide::{DRIFTED, PAUSED, READY, Readiness, STALLED};
+use crate::crd::{Ec2Instance, Ec2InstanceStatus, Replacement, UpdatePolicy};
+use crate::decide::{self, DRIFTED, PAUSED, READY, Readiness, STALLED};
 use crate::error::Result;
-use crate::model::{ObservedInstance, TAG_USER_DATA_SHA256};
+use crate::model::{ObservedInstance, TAG_LAUNCH_SHA256, TAG_USER_DATA_SHA256};
 
 pub const FIELD_MANAGER: &str = "ec2-operator";
 /// kstatus: present (True) while the operator is still bringing the instance to the spec.
@@ -56,6 +56,7 @@ pub fn next_status(
                 .get(TAG_USER_DATA_SHA256)
                 .cloned()
                 .or_else(|| previous.user_data_sha256.clone()),
+            launch_sha256: launch_sha256(obj, &previous, i),
             ..Default::default()
         },
         // Nothing observed this time (e.g. EC2 failed): keep the last known facts.
@@ -70,6 +71,27 @@ pub fn next_status(
     status.applied_tag_keys = applied_tag_keys;
     status.conditions = conditions;
     status
+}
+
+/// The launch hash of `instance`: its tag, else what status last saw of it, else (launched before
+/// the tag existed, or adopted) the spec's if `updatePolicy: Refuse`, which never let those fields
+/// change. Kept so that a later `Replace` knows what the instance was launched with.
+fn launch_sha256(obj: &Ec2Instance, previous: &Ec2InstanceStatus, instance: &ObservedInstance) -> Option<String> {
+    let same_instance = previous.instance_id.as_deref() == Some(instance.id.as_str());
+    instance
+        .tags
+        .get(TAG_LAUNCH_SHA256)
+        .cloned()
+        .or_else(|| previous.launch_sha256.clone().filter(|_| same_instance))
+        .or_else(|| (obj.spec.update_policy == UpdatePolicy::Refuse).then(|| decide::launch_sha256(&obj.spec)))
+}
+
+/// What status records of a replacement on its way (`updatePolicy: Replace`).
+pub fn replacement(new: &ObservedInstance) -> Replacement {
+    Replacement {
+        instance_id: new.id.clone(),
+        launch_time: new.launch_time.clone(),
+    }
 }
 
 /// How long the object took to become Ready, when `next` turns its Ready condition True: since
@@ -261,6 +283,40 @@ mod tests {
             at("2026-01-01T02:00:00Z"),
         );
         assert_eq!(became_ready(&obj, &not_ready, at("2026-01-01T02:00:00Z")), None);
+    }
+
+    #[test]
+    fn the_launch_hash_follows_the_tag_else_what_was_seen_else_a_spec_that_never_changed() {
+        let obj = Ec2Instance::test();
+        let now = at("2026-01-01T00:00:00Z");
+        let ready = || Readiness::ready("InstanceRunning", "");
+        let tagged = instance_for(&obj.spec, InstanceState::Running);
+        let hash = decide::launch_sha256(&obj.spec);
+        let status = next_status(&obj, Some(&tagged), vec![], ready(), now);
+        assert_eq!(status.launch_sha256.as_deref(), Some(hash.as_str()));
+
+        // Launched before the tag existed: under Refuse the spec's fields are the launch's.
+        let old = tagged.clone().without_instance_tag(TAG_LAUNCH_SHA256);
+        let status = next_status(&obj, Some(&old), vec![], ready(), now);
+        assert_eq!(status.launch_sha256.as_deref(), Some(hash.as_str()));
+
+        // Under Replace the spec may have changed since: what was seen is kept, nothing made up.
+        let seen = obj
+            .clone()
+            .with_status(status)
+            .replacing_on_change()
+            .with_image("ami-0bbbbbbbbbbbbbbbb");
+        let status = next_status(&seen, Some(&old), vec![], ready(), now);
+        assert_eq!(
+            status.launch_sha256.as_deref(),
+            Some(hash.as_str()),
+            "the same instance"
+        );
+        let other = old.clone().with_id("i-0ffffffffffffffff");
+        assert_eq!(
+            next_status(&seen, Some(&other), vec![], ready(), now).launch_sha256,
+            None
+        );
     }
 
     #[test]

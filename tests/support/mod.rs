@@ -196,6 +196,23 @@ impl Bed {
             .collect()
     }
 
+    /// AMIs LocalStack knows besides the seeded one (its built-in catalogue), `n` of them, the
+    /// same ones on every run: for changes of `imageId`.
+    pub async fn other_images(&self, n: usize) -> Vec<String> {
+        let out = self.ec2.describe_images().send().await.expect("describe images");
+        let mut ids: Vec<String> = out
+            .images()
+            .iter()
+            .filter_map(|image| image.image_id())
+            .filter(|id| *id != self.seed.image_id && id.len() == "ami-12345678".len())
+            .map(str::to_owned)
+            .collect();
+        ids.sort();
+        assert!(ids.len() >= n, "LocalStack knows only {ids:?}");
+        ids.truncate(n);
+        ids
+    }
+
     /// Instances (any state but terminated) carrying this owner tag.
     pub async fn live_instances_of(&self, uid: &str) -> Vec<Instance> {
         let mut all = self.all_instances_of(uid).await;
