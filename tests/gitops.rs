@@ -59,27 +59,31 @@ fn gitops_health_script_gives_argo_cd_the_status_and_message_of_every_case() {
     }
 }
 
-/// A clone of the bed's git repository (hack/argocd.sh up serves it with `git daemon`).
+/// A clone of the bed's git repository (hack/argocd.sh up serves it with `git daemon`), writing
+/// in a directory of its own: Applications of earlier runs on the same repository never see it.
 struct Repo {
     dir: PathBuf,
+    path: String,
 }
 
 impl Repo {
-    fn clone_of(url: &str) -> Repo {
+    fn clone_of(url: &str, path: &str) -> Repo {
         let dir = std::env::temp_dir().join(format!("gitops-{}", fastrand::u32(..)));
         git(Path::new("/"), &["clone", "-q", url, dir.to_str().unwrap()]);
         for (key, value) in [("user.name", "gitops test"), ("user.email", "gitops@k106.test")] {
             git(&dir, &["config", key, value]);
         }
-        Repo { dir }
+        std::fs::create_dir_all(dir.join(path)).unwrap();
+        Repo { dir, path: path.into() }
     }
 
     fn write(&self, file: &str, manifest: &Value) {
-        std::fs::write(self.dir.join(file), serde_json::to_string_pretty(manifest).unwrap()).unwrap();
+        let text = serde_json::to_string_pretty(manifest).unwrap();
+        std::fs::write(self.dir.join(&self.path).join(file), text).unwrap();
     }
 
     fn remove(&self, file: &str) {
-        std::fs::remove_file(self.dir.join(file)).unwrap();
+        std::fs::remove_file(self.dir.join(&self.path).join(file)).unwrap();
     }
 
     fn commit(&self, message: &str) {
@@ -115,7 +119,8 @@ struct App {
 }
 
 impl App {
-    async fn create(bed: &Bed, name: &str, namespace: &str) -> App {
+    /// An Application of `path` in the bed's repository, deploying to `namespace`.
+    async fn create(bed: &Bed, name: &str, path: &str, namespace: &str) -> App {
         let gvk = GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Application");
         let api = Api::namespaced_with(
             bed.client.clone(),
@@ -128,7 +133,7 @@ impl App {
             "metadata": { "name": name },
             "spec": {
                 "project": "default",
-                "source": { "repoURL": var("ARGOCD_GIT_URL"), "path": ".", "targetRevision": "main" },
+                "source": { "repoURL": var("ARGOCD_GIT_URL"), "path": path, "targetRevision": "main" },
                 "destination": { "server": var("ARGOCD_DEST_SERVER"), "namespace": namespace },
                 "syncPolicy": {
                     "automated": { "prune": true, "selfHeal": true },
@@ -210,7 +215,8 @@ async fn gitops_argo_cd_syncs_changes_reports_health_and_prunes_without_a_perpet
     let bed = Bed::connect().await;
     let ns = bed.namespace("gitops").await;
     let _operator = Operator::start(&ns);
-    let repo = Repo::clone_of(&var("ARGOCD_GIT_URL"));
+    let name = format!("fleet-{}", fastrand::u32(..) % 100_000);
+    let repo = Repo::clone_of(&var("ARGOCD_GIT_URL"), &name);
     let manifest = |name: &str, spec: Value| {
         let mut object = serde_json::to_value(bed.manifest(name, spec)).unwrap();
         object["metadata"]["namespace"] = json!(ns);
@@ -224,7 +230,7 @@ async fn gitops_argo_cd_syncs_changes_reports_health_and_prunes_without_a_perpet
         );
     }
     repo.commit("three instances");
-    let app = App::create(&bed, &format!("fleet-{}", fastrand::u32(..) % 100_000), &ns).await;
+    let app = App::create(&bed, &name, &name, &ns).await;
 
     // 1. Synced, and Healthy through our health script once the operator has them running.
     let status = app.synced_and_healthy(&head(&repo)).await;
@@ -327,7 +333,64 @@ async fn gitops_argo_cd_syncs_changes_reports_health_and_prunes_without_a_perpet
         .await;
     println!("gitops: paused: {:?}", health_of(&status, "api"));
 
-    // 5. Pruned: the manifest leaves git, the instance is terminated and the object is gone.
+    // 5. A new image through git under updatePolicy: Replace: a new instance, the old one ended,
+    //    Synced and Healthy again with no diff.
+    let api_id = bed
+        .api(&ns)
+        .get("api")
+        .await
+        .unwrap()
+        .status
+        .unwrap()
+        .instance_id
+        .unwrap();
+    let image = bed.other_images(1).await.remove(0);
+    let replaced = json!({ "subnetId": subnet, "imageId": image, "updatePolicy": "Replace", "tags": { "app": "api" } });
+    repo.write("api.json", &manifest("api", replaced));
+    repo.commit("api: a new image, replaced");
+    app.refresh().await;
+    let new_id = eventually("api on a new instance", 3 * MINUTE, || async {
+        let obj = bed.api(&ns).get("api").await.ok()?;
+        let id = obj.status?.instance_id?;
+        (id != api_id).then_some(id)
+    })
+    .await;
+    let new = bed.instance(&new_id).await;
+    assert_eq!(new.image_id(), Some(image.as_str()));
+    eventually("the old api instance terminated", MINUTE, || async {
+        (state_of(&bed.instance(&api_id).await) == "terminated").then_some(())
+    })
+    .await;
+    // The app as a whole stays Degraded by `bad` (until step 7).
+    let revision = head(&repo);
+    let status = app
+        .until("api Synced and Healthy", 3 * MINUTE, |s| {
+            s["sync"]["status"] == "Synced"
+                && s["sync"]["revision"] == revision.as_str()
+                && health_of(s, "api").0 == "Healthy"
+        })
+        .await;
+    println!("gitops: replaced {api_id} by {new_id}: {:?}", health_of(&status, "api"));
+
+    // 6. Observe-only through git: the spec no longer matches, so Degraded with the plan, and
+    //    nothing changes in EC2.
+    let observed = json!({ "subnetId": subnet, "instanceType": "t3.large", "managementPolicy": "ObserveOnly", "tags": { "app": "web" } });
+    repo.write("web.json", &manifest("web", observed));
+    repo.commit("web: observe only");
+    app.refresh().await;
+    let status = app
+        .until("web Degraded with a plan", 3 * MINUTE, |s| {
+            health_of(s, "web").1.contains("would")
+        })
+        .await;
+    let (health, message) = health_of(&status, "web");
+    assert_eq!(health, "Degraded", "{message}");
+    assert!(message.contains("modify instanceType t3.small→t3.large"), "{message}");
+    let web = bed.instance(&web_id).await;
+    assert_eq!(web.instance_type().map(|t| t.as_str()), Some("t3.small"), "untouched");
+    println!("gitops: observe-only: {health}: {message}");
+
+    // 7. Pruned: the manifest leaves git, the instance is terminated and the object is gone.
     let worker = bed.api(&ns).get("worker").await.unwrap();
     let worker_id = worker.status.unwrap().instance_id.unwrap();
     repo.remove("worker.json");
