@@ -541,7 +541,7 @@ impl<'a> Reconciler<'a> {
             }
             if cleanup.steps.is_empty()
                 && self.obj.spec.deletion_policy == DeletionPolicy::Delete
-                && let Some(instance) = owned.first()
+                && let Some(instance) = self.last_of(&owned)
             {
                 let note = format!("instance {} is terminated", instance.id);
                 self.publish(Reason::Terminated, note).await;
@@ -554,7 +554,7 @@ impl<'a> Reconciler<'a> {
         let ids: Vec<&str> = cleanup.steps.iter().filter_map(Step::instance_id).collect();
         let what = format!("terminating {ids:?}");
         let readiness = Readiness::not_ready("Deleting", what.clone());
-        let mut status = self.next_status(owned.first(), self.recorded.applied_tag_keys.clone(), readiness);
+        let mut status = self.next_status(self.last_of(&owned), self.recorded.applied_tag_keys.clone(), readiness);
         // A replacement EC2 does not show yet is still terminated before the finalizer goes.
         status.replacement = self.obj.status.as_ref().and_then(|s| s.replacement.clone());
         if owned.is_empty() && decide::terminates(&cleanup.steps, self.status_id()) {
@@ -564,6 +564,13 @@ impl<'a> Reconciler<'a> {
         }
         status::write(&self.api, &self.obj, status).await?;
         Err(Error::Waiting(what))
+    }
+
+    /// Of the instances a deletion found (dead ones too: an instance replaced before may still be
+    /// listed), the one status names, else the first.
+    fn last_of<'o>(&self, owned: &'o [ObservedInstance]) -> Option<&'o ObservedInstance> {
+        let named = owned.iter().find(|i| Some(i.id.as_str()) == self.status_id());
+        named.or(owned.first())
     }
 
     /// Carry out `steps` in order, telling the user what each did; returns the instance as the
