@@ -2,7 +2,7 @@
 SHELL := bash
 .DEFAULT_GOAL := help
 
-.PHONY: help up down status demo test test-chaos test-gitops test-install bench bench-peers unit lint fmt crds build image helm
+.PHONY: help up down status demo test test-chaos test-gitops test-docs test-install bench bench-peers unit lint fmt crds build image helm
 
 help: ## List the targets
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ test: ## All tests: unit, mocks, CRD staleness, end-to-end on the test bed
 test-chaos: ## 200 objects under EC2 faults, operator kills, API server and LocalStack outages
 	@hack/test.sh chaos
 
+test-docs: ## The tutorial (docs/tutorial.md, docs/tutorial.ko.md) run on the test bed, its output checked
+	@hack/test.sh docs
+
 test-gitops: ## A real Argo CD (built from its Go module) syncing Ec2Instance objects from git on the bed
 	@hack/test.sh gitops
 
@@ -40,11 +43,12 @@ bench-peers: ## The same fleet with ACK's ec2-controller v1.9.2, side by side
 unit: ## Fast tests only (no test bed)
 	cargo test --all-targets --locked
 
-lint: ## rustfmt and clippy (warnings are errors), parliament on the IAM policy, actionlint
+lint: ## rustfmt and clippy (warnings are errors), parliament on the IAM policy, actionlint, the tutorial's two languages
 	cargo fmt --all -- --check
 	cargo clippy --all-targets --locked -- -D warnings
 	@hack/iam-lint.sh
 	@hack/actionlint.sh
+	@python3 hack/docs_runner.py --check docs/tutorial.md docs/tutorial.ko.md
 
 fmt: ## Format the code
 	cargo fmt --all

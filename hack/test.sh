@@ -4,6 +4,7 @@
 # `hack/test.sh chaos` (`make test-chaos`): the chaos test alone, on the same kind of bed.
 # `hack/test.sh gitops` (`make test-gitops`): Argo CD (hack/argocd.sh, built here) on the bed,
 # syncing Ec2Instance objects from git, and its health checks in Argo CD's own Lua engine.
+# `hack/test.sh docs` (`make test-docs`): the tutorial's commands run and their output checked.
 set -euo pipefail
 
 . "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -47,5 +48,6 @@ case "${1:-all}" in
     eval "$(hack/argocd.sh env)"
     cargo test --test gitops --locked -- --include-ignored --nocapture
     ;;
-  *) die "usage: $0 [all|chaos|gitops]" ;;
+  docs) hack/test-docs.sh ;;
+  *) die "usage: $0 [all|chaos|gitops|docs]" ;;
 esac
