@@ -56,6 +56,23 @@ fn examples_parse_as_ec2instances() {
 }
 
 #[test]
+fn the_iam_policy_lets_adoption_tag_only_untagged_instances_and_only_with_this_clusters_tag() {
+    let policy: serde_json::Value = serde_json::from_str(&read("deploy/iam-policy.json")).unwrap();
+    let statements = policy["Statement"].as_array().unwrap();
+    let adopt = statements
+        .iter()
+        .find(|s| s["Sid"] == "AdoptUntaggedInstances")
+        .expect("a statement for k106.com/adopt-instance-id: the instance has none of our tags yet");
+    assert_eq!(adopt["Action"], "ec2:CreateTags");
+    let condition = &adopt["Condition"];
+    assert_eq!(condition["Null"]["aws:ResourceTag/k106.com/cluster-id"], "true");
+    assert_eq!(
+        condition["StringEquals"]["aws:RequestTag/k106.com/cluster-id"],
+        "CLUSTER_ID"
+    );
+}
+
+#[test]
 fn the_iam_policy_allows_every_ec2_call_the_code_makes_and_no_wildcard_owner() {
     let policy = read("deploy/iam-policy.json");
     let code = read("src/ec2.rs");
