@@ -38,27 +38,17 @@ build() {
     say "$BIN is up to date ($VERSION)"
     return 0
   fi
-  local t0=$SECONDS info dir commit date
+  local t0=$SECONDS
   mkdir -p "$ACK/bin"
   [[ -f "$ROOT/.cache/.gitignore" ]] || echo '*' >"$ROOT/.cache/.gitignore"
   rm -f "$STAMP"
-  # Outside any go.mod, so the download is of the module itself, not a dependency of ours.
-  info="$(cd / && go mod download -json "$MODULE@$VERSION")" || die "go mod download $MODULE@$VERSION failed"
-  field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1" <<<"$info"; }
-  dir="$(field Dir)"
-  [[ -d "$dir" ]] || die "no module directory in: $info"
-  commit="$(python3 -c 'import json,sys; print((json.load(sys.stdin).get("Origin") or {}).get("Hash", ""))' <<<"$info")"
-  date="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Time"])' "$(field Info)")"
-  # The module cache is read-only: build in a writable copy (its go.mod and go.sum are used as is).
-  rm -rf "$SRC"
-  cp -r "$dir" "$SRC"
-  chmod -R u+w "$SRC"
+  go_module_copy "$MODULE" "$VERSION" "$SRC"
   say "building $MODULE@$VERSION (cmd/controller) in $SRC"
   # The version variables are the ones ACK's release build sets: GitVersion goes into the
   # services.k8s.aws/controller-version tag and the User-Agent.
   local v="$MODULE/pkg/version"
   (cd "$SRC" && go build -mod=readonly -trimpath \
-    -ldflags "-s -w -X $v.GitVersion=$VERSION -X $v.GitCommit=$commit -X $v.BuildDate=$date" \
+    -ldflags "-s -w -X $v.GitVersion=$VERSION -X $v.GitCommit=$MODULE_COMMIT -X $v.BuildDate=$MODULE_TIME" \
     -o "$BIN" ./cmd/controller) || die "building the ACK ec2-controller failed (see go output above)"
   stamp >"$STAMP"
   say "built $BIN in $((SECONDS - t0))s"

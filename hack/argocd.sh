@@ -60,30 +60,18 @@ build() {
     say "$BIN is up to date ($VERSION)"
     return 0
   fi
-  local t0=$SECONDS info dir date commit kubectl_version
+  local t0=$SECONDS kubectl_version
   mkdir -p "$CACHE/bin"
   [[ -f "$ROOT/.cache/.gitignore" ]] || echo '*' >"$ROOT/.cache/.gitignore"
   rm -f "$STAMP"
-  # Outside any go.mod, so the download is of the module itself, not a dependency of ours.
-  info="$(cd / && go mod download -json "$MODULE@$VERSION")" || die "go mod download $MODULE@$VERSION failed"
-  field() { python3 -c 'import json,sys; print(json.load(sys.stdin).get(sys.argv[1]) or "")' "$1" <<<"$info"; }
-  dir="$(field Dir)"
-  [[ -d "$dir" ]] || die "no module directory in: $info"
-  # The commit is known only when the proxy reported it (not for a module already in the cache).
-  commit="$(python3 -c 'import json,sys; print((json.load(sys.stdin).get("Origin") or {}).get("Hash", ""))' <<<"$info")"
-  date="$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["Time"])' "$(field Info)")"
-  # The module cache is read-only: build in a writable copy. Its go.mod has replace lines, which
-  # apply only when it is the main module, as here.
-  rm -rf "$SRC"
-  cp -r "$dir" "$SRC"
-  chmod -R u+w "$SRC"
+  go_module_copy "$MODULE" "$VERSION" "$SRC"
   kubectl_version="$(cd "$SRC" && go list -mod=readonly -m -f '{{if .Replace}}{{.Replace.Version}}{{else}}{{.Version}}{{end}}' k8s.io/client-go)" ||
     die "go list in $SRC failed"
   say "building $MODULE@$VERSION (./cmd) in $SRC; the first build takes a while"
   # The version variables are the ones Argo CD's Makefile sets (PACKAGE=.../common).
   local p="$MODULE/common"
   (cd "$SRC" && GODEBUG="tarinsecurepath=0,zipinsecurepath=0" CGO_ENABLED=0 nice -n 19 go build -mod=readonly -trimpath \
-    -ldflags "-s -w -X $p.version=${VERSION#v} -X $p.buildDate=$date -X $p.gitCommit=$commit \
+    -ldflags "-s -w -X $p.version=${VERSION#v} -X $p.buildDate=$MODULE_TIME -X $p.gitCommit=$MODULE_COMMIT \
       -X $p.gitTag=$VERSION -X $p.gitTreeState=clean -X $p.kubectlVersion=$kubectl_version" \
     -o "$BIN" ./cmd) || die "building Argo CD failed (see go output above)"
   stamp >"$STAMP"
@@ -146,24 +134,26 @@ YAML
 # `default` AppProject (argocd-server creates it in a real install; it is not run here).
 install_config() {
   local k=(kubectl --kubeconfig "$KUBECONFIG" --request-timeout=30s) crd
+  # apply FILE: server-side, as this script's field manager (- reads standard input).
+  apply() { "${k[@]}" apply --server-side --force-conflicts --field-manager=hack-argocd -f "$1" >/dev/null; }
   for crd in application-crd appproject-crd applicationset-crd; do
-    "${k[@]}" apply --server-side --force-conflicts --field-manager=hack-argocd -f "$SRC/manifests/crds/$crd.yaml" >/dev/null ||
+    apply "$SRC/manifests/crds/$crd.yaml" ||
       die "applying $crd.yaml failed"
   done
   "${k[@]}" wait --for condition=Established --timeout=60s \
     crd/applications.argoproj.io crd/appprojects.argoproj.io >/dev/null || die "the Argo CD CRDs are not Established"
   write_cm "$S/argocd-cm.yaml"
-  "${k[@]}" apply --server-side --force-conflicts --field-manager=hack-argocd -f - >/dev/null <<YAML || die "creating namespace $NS failed"
+  apply - <<YAML || die "creating namespace $NS failed"
 apiVersion: v1
 kind: Namespace
 metadata:
   name: $NS
 YAML
-  "${k[@]}" apply --server-side --force-conflicts --field-manager=hack-argocd -f "$S/argocd-cm.yaml" >/dev/null ||
+  apply "$S/argocd-cm.yaml" ||
     die "applying argocd-cm failed"
   # The secret key is made once per namespace and kept (a re-apply would rotate it).
   if ! "${k[@]}" -n "$NS" get secret argocd-secret >/dev/null 2>&1; then
-    "${k[@]}" apply --server-side --field-manager=hack-argocd -f - >/dev/null <<YAML || die "creating argocd-secret failed"
+    apply - <<YAML || die "creating argocd-secret failed"
 apiVersion: v1
 kind: Secret
 metadata:
@@ -177,7 +167,7 @@ stringData:
   server.secretkey: $(openssl rand -base64 32)
 YAML
   fi
-  "${k[@]}" apply --server-side --force-conflicts --field-manager=hack-argocd -f - >/dev/null <<YAML || die "creating argocd-rbac-cm / the default AppProject failed"
+  apply - <<YAML || die "creating argocd-rbac-cm / the default AppProject failed"
 apiVersion: v1
 kind: ConfigMap
 metadata:

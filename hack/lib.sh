@@ -47,3 +47,22 @@ stop_pid() {
   kill -KILL "${alive[@]}" 2>/dev/null || true
   sleep 0.2
 }
+
+# go_module_copy MODULE VERSION DEST: download the Go module (from outside any go.mod, so the
+# download is the module itself, not a dependency) and copy it to DEST, writable: the module cache
+# is read-only, and a module's replace lines apply only when it is the main module, as there.
+# Sets MODULE_COMMIT (empty when the module came from the cache without its origin) and
+# MODULE_TIME (the version's date), for the build's version flags.
+go_module_copy() {
+  local module=$1 version=$2 dest=$3 info dir
+  info="$(cd / && go mod download -json "$module@$version")" || die "go mod download $module@$version failed"
+  dir="$(python3 -c 'import json,sys; print(json.load(sys.stdin).get("Dir") or "")' <<<"$info")"
+  [[ -d "$dir" ]] || die "no module directory in: $info"
+  # shellcheck disable=SC2034 # read by the caller
+  MODULE_COMMIT="$(python3 -c 'import json,sys; print((json.load(sys.stdin).get("Origin") or {}).get("Hash", ""))' <<<"$info")"
+  # shellcheck disable=SC2034 # read by the caller
+  MODULE_TIME="$(python3 -c 'import json,sys; print(json.load(open(json.load(sys.stdin)["Info"]))["Time"])' <<<"$info")"
+  rm -rf "$dest"
+  cp -r "$dir" "$dest"
+  chmod -R u+w "$dest"
+}

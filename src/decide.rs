@@ -129,10 +129,26 @@ pub fn launched_as_specified(spec: &Ec2InstanceSpec, instance: &ObservedInstance
     if let Some(hash) = instance.tags.get(TAG_LAUNCH_SHA256).or(recorded_hash) {
         return *hash == launch_sha256(spec);
     }
-    let shown = |wanted: Option<&String>, have: &Option<String>| wanted.is_none() || wanted == have.as_ref();
-    shown(Some(&spec.image_id), &instance.image_id)
-        && shown(spec.subnet_id.as_ref(), &instance.subnet_id)
-        && shown(spec.key_name.as_ref(), &instance.key_name)
+    shown_fields_differing(spec, instance).is_empty()
+}
+
+/// The fields fixed at launch that DescribeInstances shows (imageId, and subnetId and keyName
+/// when the spec sets them) where `instance` differs from `spec`: `(field, spec's, instance's)`.
+fn shown_fields_differing<'a>(
+    spec: &'a Ec2InstanceSpec,
+    instance: &'a ObservedInstance,
+) -> Vec<(&'static str, &'a str, Option<&'a str>)> {
+    [
+        ("imageId", Some(&spec.image_id), &instance.image_id),
+        ("subnetId", spec.subnet_id.as_ref(), &instance.subnet_id),
+        ("keyName", spec.key_name.as_ref(), &instance.key_name),
+    ]
+    .into_iter()
+    .filter_map(|(field, wanted, have)| {
+        let wanted = wanted?;
+        (Some(wanted) != have.as_ref()).then_some((field, wanted.as_str(), have.as_deref()))
+    })
+    .collect()
 }
 
 /// How long EC2 may take to show an instance it has just launched or started: AWS documents the
@@ -913,20 +929,11 @@ pub fn adoption_refusal(spec: &Ec2InstanceSpec, owner: &Owner, instance: Option<
     {
         return Some(format!("it is managed from cluster {}", tag(TAG_CLUSTER_ID)));
     }
-    let fixed = [
-        ("imageId", Some(&spec.image_id), &instance.image_id),
-        ("subnetId", spec.subnet_id.as_ref(), &instance.subnet_id),
-        ("keyName", spec.key_name.as_ref(), &instance.key_name),
-    ];
-    let mismatches: Vec<String> = fixed
-        .iter()
-        .filter(|(_, want, have)| want.is_some() && *want != have.as_ref())
-        .map(|(field, want, have)| {
-            let have = have.as_deref().unwrap_or("none");
-            format!(
-                "{field} is {} in the spec but {have} on the instance",
-                want.map_or("", |w| w)
-            )
+    let mismatches: Vec<String> = shown_fields_differing(spec, instance)
+        .into_iter()
+        .map(|(field, wanted, have)| {
+            let have = have.unwrap_or("none");
+            format!("{field} is {wanted} in the spec but {have} on the instance")
         })
         .collect();
     (!mismatches.is_empty()).then(|| format!("{}; fix the spec to match", mismatches.join(", ")))

@@ -238,22 +238,13 @@ async fn gitops_argo_cd_syncs_changes_reports_health_and_prunes_without_a_perpet
         let (health, message) = health_of(&status, name);
         assert_eq!(health, "Healthy", "{name}: {message}");
         assert!(message.contains("is running"), "{name}: {message}");
-        let obj = bed.api(&ns).get(name).await.unwrap();
-        let id = obj.status.unwrap().instance_id.expect("instance id in status");
+        let id = bed.instance_id(&ns, name).await;
         assert_eq!(state_of(&bed.instance(&id).await), "running");
     }
     println!("gitops: 3 objects Synced/Healthy");
 
     // 2. A new instance type in git: stop, modify, start; back to Synced/Healthy.
-    let web_id = bed
-        .api(&ns)
-        .get("web")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .instance_id
-        .unwrap();
+    let web_id = bed.instance_id(&ns, "web").await;
     repo.write(
         "web.json",
         &manifest(
@@ -335,15 +326,7 @@ async fn gitops_argo_cd_syncs_changes_reports_health_and_prunes_without_a_perpet
 
     // 5. A new image through git under updatePolicy: Replace: a new instance, the old one ended,
     //    Synced and Healthy again with no diff.
-    let api_id = bed
-        .api(&ns)
-        .get("api")
-        .await
-        .unwrap()
-        .status
-        .unwrap()
-        .instance_id
-        .unwrap();
+    let api_id = bed.instance_id(&ns, "api").await;
     let image = bed.other_images(1).await.remove(0);
     let replaced = json!({ "subnetId": subnet, "imageId": image, "updatePolicy": "Replace", "tags": { "app": "api" } });
     repo.write("api.json", &manifest("api", replaced));
@@ -391,8 +374,7 @@ async fn gitops_argo_cd_syncs_changes_reports_health_and_prunes_without_a_perpet
     println!("gitops: observe-only: {health}: {message}");
 
     // 7. Pruned: the manifest leaves git, the instance is terminated and the object is gone.
-    let worker = bed.api(&ns).get("worker").await.unwrap();
-    let worker_id = worker.status.unwrap().instance_id.unwrap();
+    let worker_id = bed.instance_id(&ns, "worker").await;
     repo.remove("worker.json");
     repo.remove("bad.json");
     repo.commit("worker and bad removed");

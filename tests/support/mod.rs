@@ -157,6 +157,14 @@ impl Bed {
         .await
     }
 
+    /// The instance the object's status names now.
+    pub async fn instance_id(&self, namespace: &str, name: &str) -> String {
+        let obj = self.api(namespace).get(name).await.expect("object");
+        obj.status
+            .and_then(|s| s.instance_id)
+            .unwrap_or_else(|| panic!("{namespace}/{name}: no instance in status"))
+    }
+
     /// Deletes the object and waits until it is gone (its finalizer released).
     pub async fn delete(&self, namespace: &str, name: &str) {
         let api = self.api(namespace);
