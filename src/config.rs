@@ -34,6 +34,12 @@ pub struct Settings {
     #[arg(long, env = "TRANSITION_INTERVAL_SECONDS", default_value_t = 5, value_parser = clap::value_parser!(u64).range(1..=600))]
     pub transition_interval_seconds: u64,
 
+    /// Seconds between checks of the attributes DescribeInstances does not show
+    /// (terminationProtection, stopProtection, shutdownBehavior, creditSpecification, root volume
+    /// size), per object that sets them: each check costs a call per attribute.
+    #[arg(long, env = "ATTRIBUTE_CHECK_SECONDS", default_value_t = 1800, value_parser = clap::value_parser!(u64).range(10..=86400))]
+    pub attribute_check_seconds: u64,
+
     /// Seconds before retrying an object after a terminal error (bad AMI, no permission).
     #[arg(long, env = "TERMINAL_RETRY_SECONDS", default_value_t = 300, value_parser = clap::value_parser!(u64).range(1..=86400))]
     pub terminal_retry_seconds: u64,
@@ -89,6 +95,7 @@ impl Settings {
             poll_interval: Duration::from_secs(self.poll_interval_seconds),
             transition_interval: Duration::from_secs(self.transition_interval_seconds),
             terminal_retry_interval: Duration::from_secs(self.terminal_retry_seconds),
+            attribute_check_interval: Duration::from_secs(self.attribute_check_seconds),
         }
     }
 }

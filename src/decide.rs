@@ -5,12 +5,15 @@
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::time::Duration;
 
-use crate::crd::{DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec, Replacement, UpdatePolicy};
+use crate::crd::{
+    DeletionPolicy, DesiredState, Ec2Instance, Ec2InstanceSpec, Monitoring, Replacement, UpdatePolicy,
+    VerifiedAttributes,
+};
 use crate::events::Reason;
 use crate::model::{
-    InstanceState, LaunchRequest, ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_LAUNCH_SHA256,
-    TAG_NAME, TAG_NAMESPACE, TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, sha256_hex,
-    user_data_sha256,
+    Change, Details, Hidden, HiddenWanted, InstanceState, LaunchOptions, LaunchRequest, MetadataInForce,
+    ObservedInstance, Owner, RootVolumeRequest, Step, TAG_CLUSTER_ID, TAG_LAUNCH_SHA256, TAG_NAME, TAG_NAMESPACE,
+    TAG_ORPHANED_SINCE, TAG_OWNER_UID, TAG_PREFIX, TAG_USER_DATA_SHA256, sha256_hex, user_data_sha256,
 };
 
 /// The Ready condition's name.
@@ -95,13 +98,120 @@ impl Desired<'_> {
                 volume_type: v.volume_type.map(|t| t.as_str().to_owned()),
                 encrypted: v.encrypted,
             }),
+            options: LaunchOptions {
+                subnet_selector: spec.subnet_selector.clone(),
+                security_group_selector: spec.security_group_selector.clone(),
+                launch_template: spec.launch_template.clone(),
+                block_devices: spec.block_device_mappings.clone().unwrap_or_default(),
+                network_interface: spec.network_interface.clone(),
+                placement: spec.placement.clone(),
+                spot: spec.spot.clone(),
+                capacity_reservation: spec.capacity_reservation.clone(),
+                cpu_options: spec.cpu_options.clone(),
+                hibernation: spec.hibernation,
+                enclave: spec.enclave,
+                metadata_options: spec.metadata_options.clone(),
+                monitoring: spec.monitoring,
+                termination_protection: spec.termination_protection,
+                stop_protection: spec.stop_protection,
+                shutdown_behavior: spec.shutdown_behavior,
+                credit_specification: spec.credit_specification,
+                ebs_optimized: spec.ebs_optimized,
+            },
         })
+    }
+
+    /// The hidden attributes the spec sets: only those are read and managed.
+    pub fn hidden_wanted(&self) -> HiddenWanted {
+        let spec = self.spec;
+        HiddenWanted {
+            termination_protection: spec.termination_protection.is_some(),
+            stop_protection: spec.stop_protection.is_some(),
+            shutdown_behavior: spec.shutdown_behavior.is_some(),
+            credit_specification: spec.credit_specification.is_some(),
+            root_volume_size: spec.root_volume.as_ref().is_some_and(|v| v.size_gib.is_some()),
+        }
+    }
+
+    /// SHA-256 of `id` and the hidden attribute values the spec sets: status records it once
+    /// they are verified on that instance.
+    pub fn hidden_sha256(&self, id: &str) -> String {
+        let spec = self.spec;
+        sha256_hex(&format!(
+            "{id}\n{:?}",
+            (
+                spec.termination_protection,
+                spec.stop_protection,
+                spec.shutdown_behavior,
+                spec.credit_specification,
+                spec.root_volume.as_ref().and_then(|v| v.size_gib),
+            )
+        ))
+    }
+
+    /// Whether the reconcile must read `instance`'s hidden attributes: the spec sets some that
+    /// status has not verified on this instance with these values, or verified longer than
+    /// `every` ago. Never for an instance in transition (it is read once settled).
+    pub fn hidden_to_read(
+        &self,
+        instance: Option<&ObservedInstance>,
+        verified: Option<&VerifiedAttributes>,
+        now: jiff::Timestamp,
+        every: Duration,
+    ) -> Option<HiddenWanted> {
+        let instance = instance.filter(|i| matches!(i.state, InstanceState::Running | InstanceState::Stopped))?;
+        let wanted = self.hidden_wanted();
+        if !wanted.any() {
+            return None;
+        }
+        let fresh = verified.is_some_and(|v| {
+            let age = v
+                .verified_at
+                .parse::<jiff::Timestamp>()
+                .ok()
+                .and_then(|at| Duration::try_from(now.duration_since(at)).ok());
+            v.sha256 == self.hidden_sha256(&instance.id) && age.is_some_and(|age| age < every)
+        });
+        (!fresh).then_some(wanted)
     }
 }
 
-/// SHA-256 of the fields EC2 fixes at launch (`imageId`, `subnetId`, `keyName`,
-/// `iamInstanceProfile`, `rootVolume`), as the `k106.com/launch-sha256` tag records them.
+/// SHA-256 of the fields EC2 fixes at launch, as the `k106.com/launch-sha256` tag records them:
+/// `imageId`, `subnetId`, `keyName`, `rootVolume`'s type and encryption, and the launch-only
+/// fields. A spec without launch-only fields hashes as it did before they existed.
 pub fn launch_sha256(spec: &Ec2InstanceSpec) -> String {
+    let root = spec
+        .root_volume
+        .as_ref()
+        .map(|v| (None::<i32>, v.volume_type.map(|t| t.as_str()), v.encrypted));
+    let fixed = (&spec.image_id, &spec.subnet_id, &spec.key_name, None::<&str>, root);
+    let launch_only = (
+        &spec.subnet_selector,
+        &spec.security_group_selector,
+        &spec.launch_template,
+        &spec.block_device_mappings,
+        &spec.network_interface,
+        &spec.placement,
+        &spec.spot,
+        &spec.capacity_reservation,
+        &spec.cpu_options,
+        spec.hibernation,
+        spec.enclave,
+    );
+    let none = (
+        &None, &None, &None, &None, &None, &None, &None, &None, &None, None, None,
+    );
+    if launch_only == none {
+        sha256_hex(&format!("{fixed:?}"))
+    } else {
+        sha256_hex(&format!("{fixed:?}{launch_only:?}"))
+    }
+}
+
+/// The launch hash as operators before the in-place `iamInstanceProfile` and root volume growth
+/// computed it (both were fixed at launch then): an instance tagged so was launched as `spec`
+/// says if this matches, and is retagged with [`launch_sha256`].
+fn legacy_launch_sha256(spec: &Ec2InstanceSpec) -> String {
     let root = spec
         .root_volume
         .as_ref()
@@ -127,7 +237,7 @@ pub fn launched_as_specified(spec: &Ec2InstanceSpec, instance: &ObservedInstance
         .as_ref()
         .filter(|_| recorded.instance_id.as_deref() == Some(instance.id.as_str()));
     if let Some(hash) = instance.tags.get(TAG_LAUNCH_SHA256).or(recorded_hash) {
-        return *hash == launch_sha256(spec);
+        return *hash == launch_sha256(spec) || *hash == legacy_launch_sha256(spec);
     }
     shown_fields_differing(spec, instance).is_empty()
 }
@@ -138,8 +248,10 @@ fn shown_fields_differing<'a>(
     spec: &'a Ec2InstanceSpec,
     instance: &'a ObservedInstance,
 ) -> Vec<(&'static str, &'a str, Option<&'a str>)> {
+    // EC2 resolves `resolve:ssm:` to an AMI at launch; a changed parameter is no difference.
+    let image = Some(&spec.image_id).filter(|image| !image.starts_with(SSM_PREFIX));
     [
-        ("imageId", Some(&spec.image_id), &instance.image_id),
+        ("imageId", image, &instance.image_id),
         ("subnetId", spec.subnet_id.as_ref(), &instance.subnet_id),
         ("keyName", spec.key_name.as_ref(), &instance.key_name),
     ]
@@ -150,6 +262,9 @@ fn shown_fields_differing<'a>(
     })
     .collect()
 }
+
+/// `imageId: resolve:ssm:<parameter>`.
+const SSM_PREFIX: &str = "resolve:ssm:";
 
 /// How long EC2 may take to show an instance it has just launched or started: AWS documents the
 /// EC2 API as eventually consistent, a new instance unknown to DescribeInstances for a while.
@@ -184,6 +299,9 @@ pub struct Recorded {
     /// ago.
     pub replacement: Option<Replacement>,
     pub replacement_since_launch: Option<Duration>,
+    /// The IAM instance profile of the spec last applied: removed from the spec, it is
+    /// disassociated (a profile someone else associated is left alone).
+    pub applied_iam_instance_profile: Option<String>,
 }
 
 impl Recorded {
@@ -215,6 +333,7 @@ impl Recorded {
                 .replacement
                 .as_ref()
                 .and_then(|r| since(r.launch_time.as_deref())),
+            applied_iam_instance_profile: status.applied_iam_instance_profile.clone(),
         }
     }
 
@@ -334,6 +453,7 @@ pub fn presumed_replacement(desired: &Desired, recorded: &Recorded) -> Option<Ob
         image_id: Some(spec.image_id.clone()),
         subnet_id: spec.subnet_id.clone(),
         key_name: spec.key_name.clone(),
+        details: Details::default(),
     })
 }
 
@@ -385,6 +505,12 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
         }
     }
 
+    steps.extend(
+        live_changes(desired, instance, recorded)
+            .into_iter()
+            .map(|change| Step::Modify { id: id.clone(), change }),
+    );
+
     let wrong_type = instance.instance_type != desired.spec.instance_type;
     let wanted_hash = desired.user_data_sha256();
     // The hash tag if it is there, else what status last saw on it: a deleted tag alone is
@@ -395,9 +521,14 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
         .or(recorded.user_data_sha256.as_ref());
     let wrong_user_data = applied_hash != wanted_hash.as_ref();
     let want_running = desired.spec.desired_state == DesiredState::Running;
+    let wrong_ebs_optimized = desired
+        .spec
+        .ebs_optimized
+        .filter(|wanted| instance.details.ebs_optimized.unwrap_or(false) != *wanted);
 
-    if wrong_type || wrong_user_data {
-        // EC2 changes type and user data only on a stopped instance: stop, modify, start.
+    if wrong_type || wrong_user_data || wrong_ebs_optimized.is_some() {
+        // EC2 changes type, user data and EBS optimization only on a stopped instance: stop,
+        // modify, start.
         if settled == InstanceState::Running {
             steps.push(Step::Stop(id));
             return steps;
@@ -415,6 +546,12 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
                 sha256: wanted_hash,
             });
         }
+        if let Some(on) = wrong_ebs_optimized {
+            steps.push(Step::Modify {
+                id: id.clone(),
+                change: Change::EbsOptimized(on),
+            });
+        }
         if want_running {
             steps.push(Step::Start(id));
         }
@@ -422,11 +559,153 @@ pub fn plan(desired: &Desired, observed: Option<&ObservedInstance>, recorded: &R
     }
 
     match (settled, want_running) {
+        // EC2 alone restarts a Spot instance it stopped (interruption behavior Stop), when
+        // capacity returns.
+        (InstanceState::Stopped, true) if spot_stopped(instance) => steps.push(Step::Wait),
         (InstanceState::Stopped, true) => steps.push(Step::Start(id)),
         (InstanceState::Running, false) => steps.push(Step::Stop(id)),
         _ => {}
     }
     steps
+}
+
+/// The attributes EC2 changes in place where `instance` differs from the spec: those
+/// DescribeInstances shows, and the hidden ones when the reconcile read them. A field the spec
+/// leaves out is left as EC2 has it.
+fn live_changes(desired: &Desired, instance: &ObservedInstance, recorded: &Recorded) -> Vec<Change> {
+    let spec = desired.spec;
+    let details = &instance.details;
+    let mut changes = Vec::new();
+    if let Some(wanted) = &spec.metadata_options {
+        let want = MetadataInForce {
+            http_tokens: wanted.http_tokens.map(|t| t.as_ec2().to_owned()),
+            hop_limit: wanted.http_put_response_hop_limit,
+            http_endpoint: wanted.http_endpoint.map(|e| e.as_ec2().to_owned()),
+            instance_tags: wanted.instance_metadata_tags.map(|t| t.as_ec2().to_owned()),
+            state: None,
+        };
+        let have = details.metadata.clone().unwrap_or_default();
+        let differs = |want: &Option<String>, have: &Option<String>| want.is_some() && want != have;
+        if differs(&want.http_tokens, &have.http_tokens)
+            || differs(&want.http_endpoint, &have.http_endpoint)
+            || differs(&want.instance_tags, &have.instance_tags)
+            || (want.hop_limit.is_some() && want.hop_limit != have.hop_limit)
+        {
+            changes.push(Change::MetadataOptions(want));
+        }
+    }
+    if let Some(monitoring) = spec.monitoring {
+        let on = matches!(details.monitoring.as_deref(), Some("enabled" | "pending"));
+        let want = monitoring == Monitoring::Detailed;
+        if on != want {
+            changes.push(Change::Monitoring(want));
+        }
+    }
+    if let Some(want) = spec.source_dest_check
+        && details.source_dest_check.is_some_and(|have| have != want)
+    {
+        changes.push(Change::SourceDestCheck(want));
+    }
+    match (&spec.iam_instance_profile, &details.iam_profile_arn) {
+        (Some(want), have) if !have.as_deref().is_some_and(|arn| is_profile(arn, want)) => {
+            changes.push(Change::IamInstanceProfile(Some(want.clone())));
+        }
+        (None, Some(_)) if recorded.applied_iam_instance_profile.is_some() => {
+            changes.push(Change::IamInstanceProfile(None));
+        }
+        _ => {}
+    }
+    if let Some(hidden) = &details.hidden {
+        changes.extend(hidden_changes(spec, hidden));
+    }
+    changes
+}
+
+/// Where the read hidden attributes differ from the spec.
+fn hidden_changes(spec: &Ec2InstanceSpec, hidden: &Hidden) -> Vec<Change> {
+    let mut changes = Vec::new();
+    let differs = |want: Option<bool>, have: Option<bool>| want.filter(|w| have != Some(*w));
+    if let Some(on) = differs(spec.termination_protection, hidden.termination_protection) {
+        changes.push(Change::TerminationProtection(on));
+    }
+    if let Some(on) = differs(spec.stop_protection, hidden.stop_protection) {
+        changes.push(Change::StopProtection(on));
+    }
+    if let Some(want) = spec.shutdown_behavior.map(|b| b.as_ec2())
+        && hidden.shutdown_behavior.as_deref() != Some(want)
+    {
+        changes.push(Change::ShutdownBehavior(want.to_owned()));
+    }
+    if let Some(want) = spec.credit_specification.map(|c| c.as_ec2())
+        && hidden.credit_specification.as_deref() != Some(want)
+    {
+        changes.push(Change::CreditSpecification(want.to_owned()));
+    }
+    if let Some(want) = spec.root_volume.as_ref().and_then(|v| v.size_gib)
+        && let Some((volume_id, size)) = &hidden.root_volume
+        && *size < want
+    {
+        changes.push(Change::RootVolumeSize {
+            volume_id: volume_id.clone(),
+            size_gib: want,
+        });
+    }
+    changes
+}
+
+/// Whether the instance profile `arn` is `wanted`, given by ARN or by name.
+fn is_profile(arn: &str, wanted: &str) -> bool {
+    arn == wanted || arn.rsplit('/').next() == Some(wanted)
+}
+
+/// What must come before each termination in `steps`: the spec's own termination protection
+/// turned off (deleting the object, retiring a replaced instance or a duplicate is the user's
+/// decision; protection someone else set is left, and TerminateInstances reports it), and the
+/// Spot request of a Spot instance among `known` cancelled (a persistent one would launch again).
+pub fn before_terminating<'a>(
+    spec: &Ec2InstanceSpec,
+    steps: Vec<Step>,
+    known: impl IntoIterator<Item = &'a ObservedInstance>,
+) -> Vec<Step> {
+    let requests: BTreeMap<&str, &str> = known
+        .into_iter()
+        .filter_map(|i| Some((i.id.as_str(), i.details.spot_request_id.as_deref()?)))
+        .collect();
+    let mut out = Vec::with_capacity(steps.len());
+    for step in steps {
+        if let Step::Terminate(id) = &step {
+            if let Some(request) = requests.get(id.as_str()) {
+                out.push(Step::Modify {
+                    id: id.clone(),
+                    change: Change::CancelSpotRequest((*request).to_owned()),
+                });
+            }
+            if spec.termination_protection == Some(true) {
+                out.push(Step::Modify {
+                    id: id.clone(),
+                    change: Change::TerminationProtection(false),
+                });
+            }
+        }
+        out.push(step);
+    }
+    out
+}
+
+/// A Spot instance EC2 stopped on interruption, by its state reason.
+fn spot_stopped(instance: &ObservedInstance) -> bool {
+    instance
+        .state_reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("Server.SpotInstanceShutdown"))
+}
+
+/// The replacement that EC2 interrupting a Spot instance calls for, by its state reason.
+pub fn spot_interrupted(instance: &ObservedInstance) -> bool {
+    instance
+        .state_reason
+        .as_deref()
+        .is_some_and(|r| r.starts_with("Server.SpotInstanceTermination"))
 }
 
 /// At most this many passes are previewed (a type change takes three: stop, modify and start).
@@ -492,6 +771,7 @@ fn describe(step: &Step, before: Option<&ObservedInstance>) -> Option<String> {
         }
         Step::ModifyUserData { .. } => "replace userData".into(),
         Step::SetSecurityGroups { groups, .. } => format!("set securityGroupIds {}", groups.join(",")),
+        Step::Modify { change, .. } => change.to_string(),
         Step::Tag { set, remove, .. } => {
             let mut changes: Vec<String> = set.keys().map(|k| format!("+{k}")).collect();
             changes.extend(remove.iter().map(|k| format!("-{k}")));
@@ -512,6 +792,11 @@ fn tag_changes(desired: &Desired, instance: &ObservedInstance, recorded: &Record
         && recorded.user_data_sha256.as_ref() == Some(&hash)
     {
         wanted.insert(TAG_USER_DATA_SHA256.into(), hash);
+    }
+    // Launched before `iamInstanceProfile` and the root size changed in place: the new hash.
+    let current = launch_sha256(desired.spec);
+    if instance.tags.get(TAG_LAUNCH_SHA256) == Some(&legacy_launch_sha256(desired.spec)) {
+        wanted.insert(TAG_LAUNCH_SHA256.into(), current);
     }
     let set: BTreeMap<String, String> = wanted
         .iter()
@@ -981,6 +1266,12 @@ pub fn event(
         Step::Launch { replaces: None, .. } => (Reason::Launched, format!("launched instance {new_id}")),
         Step::Launch {
             replaces: Some(old), ..
+        } if before.is_some_and(spot_interrupted) => (
+            Reason::SpotInterrupted,
+            format!("Spot instance {old} was interrupted by EC2 (Server.SpotInstanceTermination); launched {new_id}"),
+        ),
+        Step::Launch {
+            replaces: Some(old), ..
         } => (
             Reason::Replaced,
             format!("instance {old} is gone (terminated out of band); launched {new_id}"),
@@ -1006,6 +1297,7 @@ pub fn event(
             Reason::SecurityGroupsUpdated,
             format!("instance {id}: security groups {groups:?}"),
         ),
+        Step::Modify { id, change } => (Reason::Modified, format!("instance {id}: {change}")),
         Step::Tag { id, set, remove } => {
             let set: Vec<&String> = set.keys().collect();
             (
@@ -1080,6 +1372,7 @@ pub fn drift_repairs(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>
             Step::ModifyInstanceType { .. } => Some("resized"),
             Step::ModifyUserData { .. } => Some("user_data"),
             Step::SetSecurityGroups { .. } => Some("security_groups"),
+            Step::Modify { .. } => Some("attributes"),
             Step::Tag { .. } => Some("retagged"),
             Step::Terminate(_) => Some("duplicate_terminated"),
             Step::Wait => match (observed.map(|i| i.state), want_running) {
@@ -2174,5 +2467,327 @@ mod tests {
                  i-0fffffffffffffff1; i-0123456789abcdef0 serves until i-0fffffffffffffff1 runs, then it is terminated"
             );
         }
+    }
+
+    // --- fields changed in place, while stopped, or at launch only (issue 12) ---------------
+
+    fn modify(change: Change) -> Step {
+        Step::Modify { id: ID.into(), change }
+    }
+
+    #[test]
+    fn fields_ec2_changes_in_place_are_modified_without_a_stop() {
+        use crate::crd::{HttpTokens, MetadataOptions};
+        let wanted = spec()
+            .setting(|s| s.monitoring = Some(Monitoring::Detailed))
+            .setting(|s| s.source_dest_check = Some(false))
+            .setting(|s| {
+                s.metadata_options = Some(MetadataOptions {
+                    http_tokens: Some(HttpTokens::Optional),
+                    http_put_response_hop_limit: Some(2),
+                    ..Default::default()
+                })
+            });
+        for (state, want) in [
+            (InstanceState::Running, DesiredState::Running),
+            (InstanceState::Stopped, DesiredState::Stopped),
+        ] {
+            let wanted = wanted.clone().with_desired_state(want);
+            let launched_plain = instance_for(&spec(), state);
+            let steps = plan_for(&wanted, Some(&launched_plain), &[]);
+            let metadata = MetadataInForce {
+                http_tokens: Some("optional".into()),
+                hop_limit: Some(2),
+                ..Default::default()
+            };
+            assert_eq!(
+                steps,
+                vec![
+                    modify(Change::MetadataOptions(metadata)),
+                    modify(Change::Monitoring(true)),
+                    modify(Change::SourceDestCheck(false)),
+                ],
+                "{state:?}: no stop, no start"
+            );
+            let done = steps.iter().fold(launched_plain, |i, step| i.after(step));
+            assert_eq!(plan_for(&wanted, Some(&done), &[]), vec![], "{state:?}: settled");
+        }
+        let back = spec().setting(|s| s.monitoring = Some(Monitoring::Basic));
+        let detailed =
+            instance_for(&spec(), InstanceState::Running).with_details(|d| d.monitoring = Some("pending".into()));
+        assert_eq!(
+            plan_for(&back, Some(&detailed), &[]),
+            vec![modify(Change::Monitoring(false))]
+        );
+        assert_eq!(
+            plan_for(&spec(), Some(&detailed), &[]),
+            vec![],
+            "monitoring left out: left alone"
+        );
+    }
+
+    #[test]
+    fn ebs_optimization_changes_on_a_stopped_instance_like_the_type() {
+        let optimized = spec().setting(|s| s.ebs_optimized = Some(true));
+        let running = instance_for(&spec(), InstanceState::Running);
+        assert_eq!(plan_for(&optimized, Some(&running), &[]), vec![Step::Stop(ID.into())]);
+        let stopped = running.in_state(InstanceState::Stopped);
+        assert_eq!(
+            plan_for(&optimized, Some(&stopped), &[]),
+            vec![modify(Change::EbsOptimized(true)), Step::Start(ID.into())]
+        );
+    }
+
+    #[test]
+    fn hidden_attributes_are_read_only_when_the_spec_sets_them_and_status_has_not_verified_them() {
+        let now: jiff::Timestamp = "2026-11-27T10:00:00Z".parse().unwrap();
+        let every = Duration::from_secs(1800);
+        let running = instance_for(&spec(), InstanceState::Running);
+        assert_eq!(
+            desired_for(&spec()).hidden_to_read(Some(&running), None, now, every),
+            None,
+            "nothing hidden in the spec: no call"
+        );
+        let protected = spec().setting(|s| s.termination_protection = Some(true));
+        let desired = desired_for(&protected);
+        let wanted = desired.hidden_to_read(Some(&running), None, now, every).unwrap();
+        assert!(wanted.termination_protection && !wanted.stop_protection && !wanted.root_volume_size);
+        let verified = |sha256: String, at: &str| VerifiedAttributes {
+            sha256,
+            verified_at: at.into(),
+        };
+        let just_now = verified(desired.hidden_sha256(ID), "2026-11-27T09:50:00Z");
+        assert_eq!(
+            desired.hidden_to_read(Some(&running), Some(&just_now), now, every),
+            None
+        );
+        let long_ago = verified(desired.hidden_sha256(ID), "2026-11-27T09:00:00Z");
+        assert!(
+            desired
+                .hidden_to_read(Some(&running), Some(&long_ago), now, every)
+                .is_some()
+        );
+        let other_instance = verified(desired.hidden_sha256("i-0fffffffffffffff0"), "2026-11-27T09:50:00Z");
+        assert!(
+            desired
+                .hidden_to_read(Some(&running), Some(&other_instance), now, every)
+                .is_some()
+        );
+        let changed = desired_for(&spec().setting(|s| s.termination_protection = Some(false))).hidden_to_read(
+            Some(&running),
+            Some(&just_now),
+            now,
+            every,
+        );
+        assert!(changed.is_some(), "a new value is verified at once");
+        let pending = running.in_state(InstanceState::Pending);
+        assert_eq!(
+            desired.hidden_to_read(Some(&pending), None, now, every),
+            None,
+            "read once settled"
+        );
+    }
+
+    #[test]
+    fn hidden_attributes_that_differ_are_set_and_the_root_volume_only_grows() {
+        let wanted = spec()
+            .with_root_size(30)
+            .setting(|s| s.termination_protection = Some(true))
+            .setting(|s| s.stop_protection = Some(false))
+            .setting(|s| s.shutdown_behavior = Some(crate::crd::ShutdownBehavior::Terminate))
+            .setting(|s| s.credit_specification = Some(crate::crd::CreditSpecification::Standard));
+        let read = Hidden {
+            termination_protection: Some(false),
+            stop_protection: Some(false),
+            shutdown_behavior: Some("stop".into()),
+            credit_specification: Some("unlimited".into()),
+            root_volume: Some(("vol-0123456789abcdef0".into(), 8)),
+        };
+        let running = instance_for(&wanted, InstanceState::Running).with_hidden(read.clone());
+        let steps = plan_for(&wanted, Some(&running), &[]);
+        assert_eq!(
+            steps,
+            vec![
+                modify(Change::TerminationProtection(true)),
+                modify(Change::ShutdownBehavior("terminate".into())),
+                modify(Change::CreditSpecification("standard".into())),
+                modify(Change::RootVolumeSize {
+                    volume_id: "vol-0123456789abcdef0".into(),
+                    size_gib: 30
+                }),
+            ]
+        );
+        let done = steps.iter().fold(running, |i, step| i.after(step));
+        assert_eq!(plan_for(&wanted, Some(&done), &[]), vec![]);
+        let bigger = Hidden {
+            root_volume: Some(("vol-0123456789abcdef0".into(), 50)),
+            ..read
+        };
+        let grown = instance_for(&spec().with_root_size(30), InstanceState::Running).with_hidden(bigger);
+        assert_eq!(
+            plan_for(&spec().with_root_size(30), Some(&grown), &[]),
+            vec![],
+            "a volume already bigger is never shrunk"
+        );
+        let unread = instance_for(&wanted, InstanceState::Running);
+        assert_eq!(
+            plan_for(&wanted, Some(&unread), &[]),
+            vec![],
+            "not read this time: no guess"
+        );
+    }
+
+    #[test]
+    fn the_instance_profile_is_associated_replaced_and_disassociated_only_if_the_spec_had_it() {
+        let running = instance_for(&spec(), InstanceState::Running);
+        let with_web = spec().with_profile("web");
+        assert_eq!(
+            plan_for(&with_web, Some(&running), &[]),
+            vec![modify(Change::IamInstanceProfile(Some("web".into())))]
+        );
+        let has_web = instance_for(&with_web, InstanceState::Running);
+        assert_eq!(
+            plan_for(&with_web, Some(&has_web), &[]),
+            vec![],
+            "the ARN ends in the name"
+        );
+        let by_arn = spec().with_profile("arn:aws:iam::000000000000:instance-profile/web");
+        assert_eq!(plan_for(&by_arn, Some(&has_web), &[]), vec![]);
+        assert_eq!(
+            plan_for(&spec().with_profile("api"), Some(&has_web), &[]),
+            vec![modify(Change::IamInstanceProfile(Some("api".into())))]
+        );
+        let applied_before = Recorded {
+            applied_iam_instance_profile: Some("web".into()),
+            ..Default::default()
+        };
+        let without = spec();
+        let desired = desired_for(&without);
+        assert_eq!(
+            plan(&desired, Some(&has_web), &applied_before),
+            vec![modify(Change::IamInstanceProfile(None))]
+        );
+        assert_eq!(
+            plan(&desired, Some(&has_web), &Recorded::default()),
+            vec![],
+            "a profile the spec never set (a launch template's, someone else's) stays"
+        );
+    }
+
+    #[test]
+    fn before_a_termination_the_specs_own_protection_goes_off_and_a_spot_request_is_cancelled() {
+        let spot =
+            instance_for(&spec(), InstanceState::Running).with_details(|d| d.spot_request_id = Some("sir-1".into()));
+        let steps = vec![Step::Terminate(ID.into())];
+        assert_eq!(
+            before_terminating(&spec(), steps.clone(), [&spot]),
+            vec![
+                modify(Change::CancelSpotRequest("sir-1".into())),
+                Step::Terminate(ID.into())
+            ]
+        );
+        let protected = spec().setting(|s| s.termination_protection = Some(true));
+        let on_demand = instance_for(&spec(), InstanceState::Running);
+        assert_eq!(
+            before_terminating(&protected, steps.clone(), [&on_demand]),
+            vec![modify(Change::TerminationProtection(false)), Step::Terminate(ID.into())]
+        );
+        assert_eq!(before_terminating(&spec(), steps.clone(), [&on_demand]), steps);
+    }
+
+    #[test]
+    fn an_interrupted_spot_instance_is_replaced_with_a_spot_warning_and_a_stopped_one_left_to_ec2() {
+        let spot_spec = spec().setting(|s| s.spot = Some(Default::default()));
+        let interrupted = instance_for(&spot_spec, InstanceState::Terminated)
+            .with_state_reason("Server.SpotInstanceTermination: Spot instance termination");
+        let steps = plan_for(&spot_spec, Some(&interrupted), &[]);
+        assert_eq!(steps, vec![launch_of(&spot_spec, Some(ID))]);
+        let new = instance_for(&spot_spec, InstanceState::Pending).with_id("i-0aaaaaaaaaaaaaaa1");
+        let (reason, note) = event(&steps[0], Some(&interrupted), Some(&new)).unwrap();
+        assert_eq!(reason, Reason::SpotInterrupted);
+        assert!(
+            reason.is_warning() && note.contains(ID) && note.contains("i-0aaaaaaaaaaaaaaa1"),
+            "{note}"
+        );
+        assert_eq!(
+            replacements(&Recorded::default(), &steps, false),
+            1,
+            "counted as a replacement: the same backoff"
+        );
+        let stopped_by_ec2 = instance_for(&spot_spec, InstanceState::Stopped)
+            .with_state_reason("Server.SpotInstanceShutdown: Spot instance shutdown");
+        assert_eq!(plan_for(&spot_spec, Some(&stopped_by_ec2), &[]), vec![Step::Wait]);
+    }
+
+    #[test]
+    fn a_launch_carries_the_launch_only_fields_and_the_initial_live_ones() {
+        use crate::crd::{NetworkInterface, Placement, Spot, Tenancy};
+        let full = spec()
+            .setting(|s| s.spot = Some(Spot::default()))
+            .setting(|s| {
+                s.placement = Some(Placement {
+                    tenancy: Some(Tenancy::Dedicated),
+                    ..Default::default()
+                })
+            })
+            .setting(|s| {
+                s.network_interface = Some(NetworkInterface {
+                    associate_public_ip: Some(true),
+                    ..Default::default()
+                })
+            })
+            .setting(|s| s.monitoring = Some(Monitoring::Detailed))
+            .setting(|s| s.hibernation = Some(false));
+        let Step::Launch { request, .. } = launch_of(&full, None) else {
+            panic!("a launch")
+        };
+        let o = &request.options;
+        assert_eq!(o.spot, full.spot);
+        assert_eq!(o.placement, full.placement);
+        assert_eq!(o.network_interface, full.network_interface);
+        assert_eq!((o.monitoring, o.hibernation), (Some(Monitoring::Detailed), Some(false)));
+    }
+
+    #[test]
+    fn the_launch_hash_is_unchanged_for_specs_without_launch_only_fields_and_old_hashes_still_count() {
+        // The hash operators before issue 12 tagged instances with, for this spec.
+        let plain = spec();
+        assert_eq!(launch_sha256(&plain), legacy_launch_sha256(&plain));
+        let with_launch_only = spec().setting(|s| s.enclave = Some(true));
+        assert_ne!(launch_sha256(&with_launch_only), launch_sha256(&plain));
+        let with_profile = spec().with_profile("web").with_root_size(20);
+        assert_eq!(
+            launch_sha256(&with_profile),
+            launch_sha256(&spec().with_profile("api").with_root_size(30)),
+            "the profile and the root size change in place: no replacement"
+        );
+        let tagged_before = instance_for(&with_profile, InstanceState::Running)
+            .with_instance_tag(TAG_LAUNCH_SHA256, &legacy_launch_sha256(&with_profile));
+        assert!(launched_as_specified(
+            &with_profile.clone().replacing_on_change(),
+            &tagged_before,
+            &Recorded::default()
+        ));
+        let retag = tag_changes(&desired_for(&with_profile), &tagged_before, &Recorded::default()).unwrap();
+        assert_eq!(
+            retag,
+            Step::Tag {
+                id: ID.into(),
+                set: BTreeMap::from([(TAG_LAUNCH_SHA256.into(), launch_sha256(&with_profile))]),
+                remove: vec![],
+            }
+        );
+    }
+
+    #[test]
+    fn an_image_from_an_ssm_parameter_is_not_compared_with_the_ami_it_resolved_to() {
+        let resolved = spec().with_image("resolve:ssm:/k106/test/ami");
+        let running = instance_for(&spec(), InstanceState::Running);
+        assert!(shown_fields_differing(&resolved, &running).is_empty());
+        assert_eq!(
+            plan_for(&resolved.clone().replacing_on_change(), Some(&running), &[]).len(),
+            1,
+            "the launch hash still differs: the spec changed"
+        );
     }
 }

@@ -18,16 +18,25 @@ use aws_sdk_ec2::config::interceptors::FinalizerInterceptorContextRef;
 use aws_sdk_ec2::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sdk_ec2::error::{BoxError, ErrorMetadata, ProvideErrorMetadata, SdkError};
 use aws_sdk_ec2::types::{
-    AttributeValue, BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest, InstanceStateName, ResourceType,
-    SecureBlobAttributeValue, Tag, TagSpecification,
+    AttributeBooleanValue, AttributeValue, BlockDeviceMapping, CapacityReservationPreference,
+    CapacityReservationSpecification, CapacityReservationTarget, CpuOptionsRequest, CreditSpecificationRequest,
+    EbsBlockDevice, EnclaveOptionsRequest, Filter, HibernationOptionsRequest, HttpTokensState,
+    IamInstanceProfileSpecification, InstanceAttributeName, InstanceCreditSpecificationRequest,
+    InstanceInterruptionBehavior, InstanceMarketOptionsRequest, InstanceMetadataEndpointState,
+    InstanceMetadataOptionsRequest, InstanceMetadataTagsState, InstanceNetworkInterfaceSpecification,
+    InstanceStateName, LaunchTemplateSpecification, MarketType, ResourceType, RunInstancesMonitoringEnabled,
+    SecureBlobAttributeValue, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
 };
 use aws_smithy_runtime_api::client::orchestrator::Metadata;
 use base64::Engine as _;
 
+use crate::crd::{self, InterruptionBehavior, Monitoring, ReservationPreference};
 use crate::error::{AwsFault, Error, Result};
 use crate::metrics::Metrics;
-use crate::model::{InstanceState, LaunchRequest, ObservedInstance, RootVolumeRequest, Step, TAG_USER_DATA_SHA256};
+use crate::model::{
+    Change, Details, Hidden, HiddenWanted, InstanceState, LaunchOptions, LaunchRequest, MetadataInForce,
+    ObservedInstance, RootVolumeRequest, Step, TAG_USER_DATA_SHA256,
+};
 
 /// When the operator last changed each instance, across regions. The inventory distrusts a poll
 /// of an instance that began before its last change.
@@ -313,6 +322,7 @@ impl Ec2 {
                     .await?;
                 None
             }
+            Step::Modify { id, change } => self.modify(id, change).await.map(|_| None)?,
             Step::Tag { id, set, remove } => {
                 if !set.is_empty() {
                     self.create_tags(id, set).await?;
@@ -400,9 +410,28 @@ impl Ec2 {
     }
 
     async fn run_instance(&self, r: &LaunchRequest) -> Result<ObservedInstance> {
-        let block_devices = match &r.root_volume {
-            Some(volume) => Some(vec![self.root_volume(&r.image_id, volume).await?]),
-            None => None,
+        let o = &r.options;
+        let mut block_devices = match &r.root_volume {
+            Some(volume) => vec![self.root_volume(&r.image_id, volume).await?],
+            None => Vec::new(),
+        };
+        block_devices.extend(o.block_devices.iter().map(block_device));
+        let zone = o.placement.as_ref().and_then(|p| p.availability_zone.as_deref());
+        let (subnet_id, vpc_id) = match &o.subnet_selector {
+            Some(selector) => {
+                let (subnet, vpc) = self.subnet_by_tags(selector, zone).await?;
+                (Some(subnet), vpc)
+            }
+            None => (r.subnet_id.clone(), None),
+        };
+        let groups = match &o.security_group_selector {
+            Some(selector) => Some(self.security_groups_by_tags(selector, vpc_id.as_deref()).await?),
+            None => r.security_group_ids.clone(),
+        };
+        // EC2 refuses an instance-level subnet or groups next to a network interface: they go in it.
+        let (subnet_id, groups, interfaces) = match &o.network_interface {
+            Some(nic) => (None, None, Some(vec![network_interface(nic, subnet_id, groups)])),
+            None => (subnet_id, groups, None),
         };
         self.count("RunInstances");
         let out = self
@@ -413,8 +442,9 @@ impl Ec2 {
             .instance_type(r.instance_type.as_str().into())
             .min_count(1)
             .max_count(1)
-            .set_subnet_id(r.subnet_id.clone())
-            .set_security_group_ids(r.security_group_ids.clone())
+            .set_subnet_id(subnet_id)
+            .set_security_group_ids(groups)
+            .set_network_interfaces(interfaces)
             .set_key_name(r.key_name.clone())
             .set_iam_instance_profile(r.iam_instance_profile.as_deref().map(instance_profile))
             .set_user_data(
@@ -422,16 +452,38 @@ impl Ec2 {
                     .as_ref()
                     .map(|u| base64::engine::general_purpose::STANDARD.encode(u)),
             )
-            .set_block_device_mappings(block_devices)
+            .set_block_device_mappings((!block_devices.is_empty()).then_some(block_devices))
             .tag_specifications(tag_specification(ResourceType::Instance, &r.tags))
             .tag_specifications(tag_specification(ResourceType::Volume, &r.tags))
-            // IMDSv2 only: session tokens required for instance metadata.
-            .metadata_options(
-                InstanceMetadataOptionsRequest::builder()
-                    .http_tokens(HttpTokensState::Required)
-                    .http_endpoint(InstanceMetadataEndpointState::Enabled)
-                    .build(),
+            .set_metadata_options(launch_metadata_options(o))
+            .set_launch_template(o.launch_template.as_ref().map(launch_template))
+            .set_placement(o.placement.as_ref().map(placement))
+            .set_instance_market_options(o.spot.as_ref().map(spot))
+            .set_capacity_reservation_specification(o.capacity_reservation.as_ref().map(capacity_reservation))
+            .set_cpu_options(o.cpu_options.as_ref().map(|c| {
+                CpuOptionsRequest::builder()
+                    .core_count(c.core_count)
+                    .set_threads_per_core(c.threads_per_core)
+                    .build()
+            }))
+            .set_hibernation_options(
+                o.hibernation
+                    .map(|on| HibernationOptionsRequest::builder().configured(on).build()),
             )
+            .set_enclave_options(o.enclave.map(|on| EnclaveOptionsRequest::builder().enabled(on).build()))
+            .set_monitoring(o.monitoring.map(|m| {
+                RunInstancesMonitoringEnabled::builder()
+                    .enabled(m == Monitoring::Detailed)
+                    .build()
+            }))
+            .set_disable_api_termination(o.termination_protection)
+            .set_disable_api_stop(o.stop_protection)
+            .set_instance_initiated_shutdown_behavior(o.shutdown_behavior.map(|b| b.as_ec2().into()))
+            .set_credit_specification(
+                o.credit_specification
+                    .map(|c| CreditSpecificationRequest::builder().cpu_credits(c.as_ec2()).build()),
+            )
+            .set_ebs_optimized(o.ebs_optimized)
             .send()
             .await
             .map_err(|e| fault("RunInstances", e))?;
@@ -464,6 +516,320 @@ impl Ec2 {
             .device_name(self.root_device_name(image_id).await?)
             .ebs(ebs)
             .build())
+    }
+
+    /// The subnet carrying every tag of `selector` (in `zone`, if given) with the most free
+    /// addresses (ties: the lowest id), and its VPC.
+    async fn subnet_by_tags(
+        &self,
+        selector: &BTreeMap<String, String>,
+        zone: Option<&str>,
+    ) -> Result<(String, Option<String>)> {
+        let mut filters = tag_filters(selector);
+        if let Some(zone) = zone {
+            filters.push(Filter::builder().name("availability-zone").values(zone).build());
+        }
+        self.count("DescribeSubnets");
+        let out = self
+            .client
+            .describe_subnets()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| fault("DescribeSubnets", e))?;
+        out.subnets()
+            .iter()
+            .filter(|s| s.subnet_id().is_some())
+            .min_by(|a, b| {
+                let free = |s: &&aws_sdk_ec2::types::Subnet| s.available_ip_address_count.unwrap_or(0);
+                free(b).cmp(&free(a)).then(a.subnet_id().cmp(&b.subnet_id()))
+            })
+            .map(|s| (s.subnet_id().unwrap_or_default().to_owned(), non_empty(s.vpc_id())))
+            .ok_or_else(|| nothing_matched("DescribeSubnets", "subnet", selector))
+    }
+
+    /// Every security group carrying every tag of `selector` (in `vpc`, if known), by id (EC2
+    /// takes at most 16).
+    async fn security_groups_by_tags(
+        &self,
+        selector: &BTreeMap<String, String>,
+        vpc: Option<&str>,
+    ) -> Result<Vec<String>> {
+        let mut filters = tag_filters(selector);
+        if let Some(vpc) = vpc {
+            filters.push(Filter::builder().name("vpc-id").values(vpc).build());
+        }
+        self.count("DescribeSecurityGroups");
+        let out = self
+            .client
+            .describe_security_groups()
+            .set_filters(Some(filters))
+            .send()
+            .await
+            .map_err(|e| fault("DescribeSecurityGroups", e))?;
+        let mut ids: Vec<String> = out
+            .security_groups()
+            .iter()
+            .filter_map(|g| g.group_id().map(str::to_owned))
+            .collect();
+        ids.sort();
+        ids.truncate(16);
+        if ids.is_empty() {
+            return Err(nothing_matched("DescribeSecurityGroups", "security group", selector));
+        }
+        Ok(ids)
+    }
+
+    /// The attributes of `instance` DescribeInstances does not show, those `wanted` only: one call
+    /// each.
+    pub async fn read_hidden(&self, instance: &ObservedInstance, wanted: HiddenWanted) -> Result<Hidden> {
+        let id = instance.id.as_str();
+        let mut hidden = Hidden::default();
+        if wanted.termination_protection {
+            let out = self.attribute(id, InstanceAttributeName::DisableApiTermination).await?;
+            hidden.termination_protection =
+                Some(out.disable_api_termination().and_then(|v| v.value()).unwrap_or(false));
+        }
+        if wanted.stop_protection {
+            let out = self.attribute(id, InstanceAttributeName::DisableApiStop).await?;
+            hidden.stop_protection = Some(out.disable_api_stop().and_then(|v| v.value()).unwrap_or(false));
+        }
+        if wanted.shutdown_behavior {
+            let out = self
+                .attribute(id, InstanceAttributeName::InstanceInitiatedShutdownBehavior)
+                .await?;
+            hidden.shutdown_behavior = out
+                .instance_initiated_shutdown_behavior()
+                .and_then(|v| v.value())
+                .map(str::to_owned);
+        }
+        if wanted.credit_specification {
+            self.count("DescribeInstanceCreditSpecifications");
+            let out = self
+                .client
+                .describe_instance_credit_specifications()
+                .instance_ids(id)
+                .send()
+                .await
+                .map_err(|e| fault("DescribeInstanceCreditSpecifications", e))?;
+            hidden.credit_specification = out
+                .instance_credit_specifications()
+                .first()
+                .and_then(|c| c.cpu_credits())
+                .map(str::to_owned);
+        }
+        let details = &instance.details;
+        let root = details
+            .volumes
+            .iter()
+            .find(|(device, _)| Some(device) == details.root_device_name.as_ref());
+        if wanted.root_volume_size
+            && let Some((_, volume_id)) = root
+        {
+            self.count("DescribeVolumes");
+            let out = self
+                .client
+                .describe_volumes()
+                .volume_ids(volume_id)
+                .send()
+                .await
+                .map_err(|e| fault("DescribeVolumes", e))?;
+            hidden.root_volume = out
+                .volumes()
+                .first()
+                .and_then(|v| v.size())
+                .map(|size| (volume_id.clone(), size));
+        }
+        Ok(hidden)
+    }
+
+    async fn attribute(
+        &self,
+        id: &str,
+        name: InstanceAttributeName,
+    ) -> Result<aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput> {
+        self.count("DescribeInstanceAttribute");
+        self.client
+            .describe_instance_attribute()
+            .instance_id(id)
+            .attribute(name)
+            .send()
+            .await
+            .map_err(|e| fault("DescribeInstanceAttribute", e))
+    }
+
+    /// One attribute change, by the EC2 call that makes it.
+    async fn modify(&self, id: &str, change: &Change) -> Result<()> {
+        match change {
+            Change::MetadataOptions(m) => {
+                self.count("ModifyInstanceMetadataOptions");
+                self.client
+                    .modify_instance_metadata_options()
+                    .instance_id(id)
+                    .set_http_tokens(m.http_tokens.as_deref().map(HttpTokensState::from))
+                    .set_http_put_response_hop_limit(m.hop_limit)
+                    .set_http_endpoint(m.http_endpoint.as_deref().map(InstanceMetadataEndpointState::from))
+                    .set_instance_metadata_tags(m.instance_tags.as_deref().map(InstanceMetadataTagsState::from))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("ModifyInstanceMetadataOptions", e))
+            }
+            Change::Monitoring(true) => {
+                self.count("MonitorInstances");
+                self.client
+                    .monitor_instances()
+                    .instance_ids(id)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("MonitorInstances", e))
+            }
+            Change::Monitoring(false) => {
+                self.count("UnmonitorInstances");
+                self.client
+                    .unmonitor_instances()
+                    .instance_ids(id)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("UnmonitorInstances", e))
+            }
+            Change::TerminationProtection(on) => {
+                self.modify_attribute(id, |call| call.disable_api_termination(boolean(*on)))
+                    .await
+            }
+            Change::StopProtection(on) => {
+                self.modify_attribute(id, |call| call.disable_api_stop(boolean(*on)))
+                    .await
+            }
+            Change::ShutdownBehavior(value) => {
+                let value = AttributeValue::builder().value(value).build();
+                self.modify_attribute(id, |call| call.instance_initiated_shutdown_behavior(value))
+                    .await
+            }
+            Change::SourceDestCheck(on) => {
+                self.modify_attribute(id, |call| call.source_dest_check(boolean(*on)))
+                    .await
+            }
+            Change::EbsOptimized(on) => self.modify_attribute(id, |call| call.ebs_optimized(boolean(*on))).await,
+            Change::CreditSpecification(credits) => self.modify_credits(id, credits).await,
+            Change::CancelSpotRequest(request) => {
+                self.count("CancelSpotInstanceRequests");
+                match self
+                    .client
+                    .cancel_spot_instance_requests()
+                    .spot_instance_request_ids(request)
+                    .send()
+                    .await
+                {
+                    // A request EC2 does not know launches nothing.
+                    Err(err) if err.code() == Some("InvalidSpotInstanceRequestID.NotFound") => Ok(()),
+                    other => other.map(drop).map_err(|e| fault("CancelSpotInstanceRequests", e)),
+                }
+            }
+            Change::IamInstanceProfile(profile) => self.set_instance_profile(id, profile.as_deref()).await,
+            Change::RootVolumeSize { volume_id, size_gib } => {
+                self.count("ModifyVolume");
+                self.client
+                    .modify_volume()
+                    .volume_id(volume_id)
+                    .size(*size_gib)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("ModifyVolume", e))
+            }
+        }
+    }
+
+    /// ModifyInstanceCreditSpecification answers a refusal inside a successful response.
+    async fn modify_credits(&self, id: &str, credits: &str) -> Result<()> {
+        self.count("ModifyInstanceCreditSpecification");
+        let out = self
+            .client
+            .modify_instance_credit_specification()
+            .instance_credit_specifications(
+                InstanceCreditSpecificationRequest::builder()
+                    .instance_id(id)
+                    .cpu_credits(credits)
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| fault("ModifyInstanceCreditSpecification", e))?;
+        match out
+            .unsuccessful_instance_credit_specifications()
+            .first()
+            .and_then(|u| u.error())
+        {
+            Some(error) => Err(Error::Aws(AwsFault {
+                operation: "ModifyInstanceCreditSpecification",
+                code: error.code().map_or("Unknown".into(), |c| c.as_str().to_owned()),
+                message: error.message().unwrap_or_default().to_owned(),
+                retryable: false,
+            })),
+            None => Ok(()),
+        }
+    }
+
+    /// Associate `profile`, replace the current association with it, or (`None`) disassociate.
+    async fn set_instance_profile(&self, id: &str, profile: Option<&str>) -> Result<()> {
+        self.count("DescribeIamInstanceProfileAssociations");
+        let out = self
+            .client
+            .describe_iam_instance_profile_associations()
+            .filters(Filter::builder().name("instance-id").values(id).build())
+            .filters(
+                Filter::builder()
+                    .name("state")
+                    .values("associating")
+                    .values("associated")
+                    .build(),
+            )
+            .send()
+            .await
+            .map_err(|e| fault("DescribeIamInstanceProfileAssociations", e))?;
+        let association = out
+            .iam_instance_profile_associations()
+            .first()
+            .and_then(|a| a.association_id())
+            .map(str::to_owned);
+        match (profile, association) {
+            (Some(profile), Some(association)) => {
+                self.count("ReplaceIamInstanceProfileAssociation");
+                self.client
+                    .replace_iam_instance_profile_association()
+                    .association_id(association)
+                    .iam_instance_profile(instance_profile(profile))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("ReplaceIamInstanceProfileAssociation", e))
+            }
+            (Some(profile), None) => {
+                self.count("AssociateIamInstanceProfile");
+                self.client
+                    .associate_iam_instance_profile()
+                    .instance_id(id)
+                    .iam_instance_profile(instance_profile(profile))
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("AssociateIamInstanceProfile", e))
+            }
+            (None, Some(association)) => {
+                self.count("DisassociateIamInstanceProfile");
+                self.client
+                    .disassociate_iam_instance_profile()
+                    .association_id(association)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| fault("DisassociateIamInstanceProfile", e))
+            }
+            (None, None) => Ok(()),
+        }
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -552,6 +918,139 @@ impl Ec2 {
     }
 }
 
+/// RunInstances MetadataOptions: the spec's, each setting it leaves out at the secure default
+/// (IMDSv2 required, endpoint on); none with a launch template and no spec settings (the
+/// template's apply).
+fn launch_metadata_options(o: &LaunchOptions) -> Option<InstanceMetadataOptionsRequest> {
+    let m = match &o.metadata_options {
+        Some(m) => m.clone(),
+        None if o.launch_template.is_some() => return None,
+        None => crd::MetadataOptions::default(),
+    };
+    Some(
+        InstanceMetadataOptionsRequest::builder()
+            .http_tokens(HttpTokensState::from(
+                m.http_tokens.unwrap_or(crd::HttpTokens::Required).as_ec2(),
+            ))
+            .http_endpoint(InstanceMetadataEndpointState::from(
+                m.http_endpoint.unwrap_or(crd::Switch::Enabled).as_ec2(),
+            ))
+            .set_http_put_response_hop_limit(m.http_put_response_hop_limit)
+            .set_instance_metadata_tags(
+                m.instance_metadata_tags
+                    .map(|t| InstanceMetadataTagsState::from(t.as_ec2())),
+            )
+            .build(),
+    )
+}
+
+fn launch_template(t: &crd::LaunchTemplate) -> LaunchTemplateSpecification {
+    LaunchTemplateSpecification::builder()
+        .set_launch_template_id(t.id.clone())
+        .set_launch_template_name(t.name.clone())
+        .set_version(t.version.clone())
+        .build()
+}
+
+fn block_device(d: &crd::BlockDevice) -> BlockDeviceMapping {
+    let ebs = EbsBlockDevice::builder()
+        .volume_size(d.size_gib)
+        .set_volume_type(d.volume_type.map(|t| t.as_str().into()))
+        .set_iops(d.iops)
+        .set_throughput(d.throughput)
+        .set_encrypted(d.encrypted)
+        .set_kms_key_id(d.kms_key_id.clone())
+        .delete_on_termination(d.delete_on_termination.unwrap_or(true))
+        .build();
+    BlockDeviceMapping::builder()
+        .device_name(&d.device_name)
+        .ebs(ebs)
+        .build()
+}
+
+fn network_interface(
+    nic: &crd::NetworkInterface,
+    subnet_id: Option<String>,
+    groups: Option<Vec<String>>,
+) -> InstanceNetworkInterfaceSpecification {
+    InstanceNetworkInterfaceSpecification::builder()
+        .device_index(0)
+        .delete_on_termination(true)
+        .set_subnet_id(subnet_id)
+        .set_groups(groups)
+        .set_associate_public_ip_address(nic.associate_public_ip)
+        .set_private_ip_address(nic.private_ip.clone())
+        .set_secondary_private_ip_address_count(nic.secondary_private_ip_count.filter(|n| *n > 0))
+        .set_ipv6_address_count(nic.ipv6_address_count.filter(|n| *n > 0))
+        .build()
+}
+
+fn placement(p: &crd::Placement) -> aws_sdk_ec2::types::Placement {
+    aws_sdk_ec2::types::Placement::builder()
+        .set_availability_zone(p.availability_zone.clone())
+        .set_tenancy(p.tenancy.map(|t| match t {
+            crd::Tenancy::Default => aws_sdk_ec2::types::Tenancy::Default,
+            crd::Tenancy::Dedicated => aws_sdk_ec2::types::Tenancy::Dedicated,
+            crd::Tenancy::Host => aws_sdk_ec2::types::Tenancy::Host,
+        }))
+        .set_group_name(p.group_name.clone())
+        .set_partition_number(p.partition_number)
+        .build()
+}
+
+/// A one-time request terminates on interruption; EC2 stops only instances of a persistent one.
+fn spot(s: &crd::Spot) -> InstanceMarketOptionsRequest {
+    let (kind, behavior) = match s.interruption_behavior {
+        InterruptionBehavior::Terminate => (SpotInstanceType::OneTime, InstanceInterruptionBehavior::Terminate),
+        InterruptionBehavior::Stop => (SpotInstanceType::Persistent, InstanceInterruptionBehavior::Stop),
+    };
+    InstanceMarketOptionsRequest::builder()
+        .market_type(MarketType::Spot)
+        .spot_options(
+            SpotMarketOptions::builder()
+                .set_max_price(s.max_price.clone())
+                .spot_instance_type(kind)
+                .instance_interruption_behavior(behavior)
+                .build(),
+        )
+        .build()
+}
+
+fn capacity_reservation(c: &crd::CapacityReservation) -> CapacityReservationSpecification {
+    let builder = CapacityReservationSpecification::builder();
+    match (&c.reservation_id, c.preference) {
+        (Some(id), _) => builder
+            .capacity_reservation_target(CapacityReservationTarget::builder().capacity_reservation_id(id).build()),
+        (None, Some(ReservationPreference::None)) => {
+            builder.capacity_reservation_preference(CapacityReservationPreference::None)
+        }
+        (None, _) => builder.capacity_reservation_preference(CapacityReservationPreference::Open),
+    }
+    .build()
+}
+
+fn tag_filters(selector: &BTreeMap<String, String>) -> Vec<Filter> {
+    selector
+        .iter()
+        .map(|(k, v)| Filter::builder().name(format!("tag:{k}")).values(v).build())
+        .collect()
+}
+
+/// A selector that matched nothing: terminal until the spec (or the tags) change.
+fn nothing_matched(operation: &'static str, what: &str, selector: &BTreeMap<String, String>) -> Error {
+    Error::Aws(AwsFault {
+        operation,
+        code: "NoMatch".into(),
+        message: format!("no {what} carries the tags {selector:?}"),
+        retryable: false,
+    })
+}
+
+/// One ModifyInstanceAttribute boolean.
+fn boolean(on: bool) -> AttributeBooleanValue {
+    AttributeBooleanValue::builder().value(on).build()
+}
+
 type ModifyAttribute =
     aws_sdk_ec2::operation::modify_instance_attribute::builders::ModifyInstanceAttributeFluentBuilder;
 
@@ -620,6 +1119,7 @@ fn observe(instance: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> 
         image_id: non_empty(instance.image_id()),
         subnet_id: non_empty(instance.subnet_id()),
         key_name: non_empty(instance.key_name()),
+        details: details(instance),
         state_reason: instance.state_reason().and_then(|r| {
             let code = r.code()?;
             // AWS's message usually repeats the code ("Client.InternalError: Client error on launch").
@@ -633,6 +1133,39 @@ fn observe(instance: &aws_sdk_ec2::types::Instance) -> Option<ObservedInstance> 
             .launch_time()
             .and_then(|t| t.fmt(aws_sdk_ec2::primitives::DateTimeFormat::DateTime).ok()),
     })
+}
+
+fn details(instance: &aws_sdk_ec2::types::Instance) -> Details {
+    let primary = instance
+        .network_interfaces()
+        .iter()
+        .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
+    Details {
+        lifecycle: instance.instance_lifecycle().map(|l| l.as_str().to_owned()),
+        spot_request_id: non_empty(instance.spot_instance_request_id()),
+        network_interface_id: primary.and_then(|n| non_empty(n.network_interface_id())),
+        volumes: instance
+            .block_device_mappings()
+            .iter()
+            .filter_map(|m| Some((m.device_name()?.to_owned(), m.ebs()?.volume_id()?.to_owned())))
+            .collect(),
+        root_device_name: non_empty(instance.root_device_name()),
+        metadata: instance.metadata_options().map(|m| MetadataInForce {
+            http_tokens: m.http_tokens().map(|v| v.as_str().to_owned()),
+            hop_limit: m.http_put_response_hop_limit(),
+            http_endpoint: m.http_endpoint().map(|v| v.as_str().to_owned()),
+            instance_tags: m.instance_metadata_tags().map(|v| v.as_str().to_owned()),
+            state: m.state().map(|v| v.as_str().to_owned()),
+        }),
+        monitoring: instance
+            .monitoring()
+            .and_then(|m| m.state())
+            .map(|s| s.as_str().to_owned()),
+        ebs_optimized: instance.ebs_optimized(),
+        source_dest_check: instance.source_dest_check(),
+        iam_profile_arn: instance.iam_instance_profile().and_then(|p| non_empty(p.arn())),
+        hidden: None,
+    }
 }
 
 fn non_empty(s: Option<&str>) -> Option<String> {
@@ -659,6 +1192,9 @@ const RETRYABLE_CODES: &[&str] = &[
     "IncorrectState",
     "InsufficientInstanceCapacity",
     "InvalidInstanceID.NotFound",
+    // A volume modification still in progress, or the six hours EC2 wants between two.
+    "IncorrectModificationState",
+    "VolumeModificationRateExceeded",
     // This object's launch token was used with other parameters: a launch whose answer was lost
     // before the spec changed. That instance shows up under the owner tag soon and is adopted.
     "IdempotentParameterMismatch",
@@ -900,5 +1436,42 @@ mod tests {
         let timed_out = "ec2_operator_ec2_attempts_total{operation=\"DescribeInstances\",outcome=\"timeout\"}";
         assert!(ec2.metrics.render().contains(timed_out), "{}", ec2.metrics.render());
         silent.abort();
+    }
+
+    #[tokio::test]
+    async fn a_network_interface_takes_the_subnet_and_groups_ec2_refuses_beside_it() {
+        use crate::crd::NetworkInterface;
+        let rule = mock!(aws_sdk_ec2::Client::run_instances)
+            .match_requests(|r| {
+                let nic = &r.network_interfaces()[0];
+                r.subnet_id().is_none()
+                    && r.security_group_ids().is_empty()
+                    && nic.subnet_id() == Some("subnet-0123abcd")
+                    && nic.groups() == ["sg-0123abcd"]
+                    && nic.associate_public_ip_address() == Some(true)
+                    && nic.device_index() == Some(0)
+            })
+            .then_error(|| RunInstancesError::generic(meta("Matched")));
+        let ec2 = ec2(mock_client!(aws_sdk_ec2, [&rule]));
+        let request = LaunchRequest {
+            client_token: "token".into(),
+            image_id: "ami-12345678".into(),
+            instance_type: "t3.micro".into(),
+            subnet_id: Some("subnet-0123abcd".into()),
+            security_group_ids: Some(vec!["sg-0123abcd".into()]),
+            options: LaunchOptions {
+                network_interface: Some(NetworkInterface {
+                    associate_public_ip: Some(true),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            ..Default::default()
+        };
+        let fault = fault_of(ec2.run_instance(&request).await.unwrap_err());
+        assert_eq!(
+            fault.code, "Matched",
+            "the request had the subnet and groups inside the interface"
+        );
     }
 }

@@ -9,6 +9,9 @@ pub enum Reason {
     Adopted,
     /// The instance vanished or was terminated out of band and a new one was launched.
     Replaced,
+    /// EC2 interrupted the Spot instance (reclaimed its capacity); a new one was launched.
+    SpotInterrupted,
+
     Started,
     Stopped,
     Modified,
@@ -31,6 +34,7 @@ impl Reason {
             Reason::Launched => "Launched",
             Reason::Adopted => "Adopted",
             Reason::Replaced => "Replaced",
+            Reason::SpotInterrupted => "SpotInterrupted",
             Reason::Started => "Started",
             Reason::Stopped => "Stopped",
             Reason::Modified => "Modified",
@@ -50,7 +54,11 @@ impl Reason {
     pub fn is_warning(self) -> bool {
         matches!(
             self,
-            Reason::Replaced | Reason::DriftDetected | Reason::DuplicateInstances | Reason::Failed
+            Reason::Replaced
+                | Reason::SpotInterrupted
+                | Reason::DriftDetected
+                | Reason::DuplicateInstances
+                | Reason::Failed
         )
     }
 }

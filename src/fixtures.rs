@@ -2,9 +2,12 @@
 
 use kube::api::ObjectMeta;
 
-use crate::crd::{DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus, ManagementPolicy, UpdatePolicy};
+use crate::crd::{
+    DesiredState, Ec2Instance, Ec2InstanceSpec, Ec2InstanceStatus, HttpTokens, ManagementPolicy, Monitoring, Switch,
+    UpdatePolicy,
+};
 use crate::decide::Desired;
-use crate::model::{InstanceState, ObservedInstance, Owner};
+use crate::model::{Details, Hidden, InstanceState, MetadataInForce, ObservedInstance, Owner};
 
 pub const UID: &str = "6d1a2b3c-0000-4000-8000-00000000abcd";
 pub const CLUSTER_ID: &str = "cluster-test";
@@ -47,6 +50,22 @@ pub trait SpecBuilder: Sized {
     /// `updatePolicy: Replace`: a change of a field fixed at launch replaces the instance.
     fn replacing_on_change(mut self) -> Self {
         self.spec_mut().update_policy = UpdatePolicy::Replace;
+        self
+    }
+    /// Any other field: `spec().setting(|s| s.monitoring = Some(Monitoring::Detailed))`.
+    fn setting(mut self, change: impl FnOnce(&mut Ec2InstanceSpec)) -> Self {
+        change(self.spec_mut());
+        self
+    }
+    fn with_profile(mut self, profile: &str) -> Self {
+        self.spec_mut().iam_instance_profile = Some(profile.into());
+        self
+    }
+    fn with_root_size(mut self, size_gib: i32) -> Self {
+        self.spec_mut()
+            .root_volume
+            .get_or_insert_with(Default::default)
+            .size_gib = Some(size_gib);
         self
     }
     fn observe_only(mut self) -> Self {
@@ -101,22 +120,8 @@ impl Ec2Instance {
 }
 
 pub fn spec() -> Ec2InstanceSpec {
-    Ec2InstanceSpec {
-        image_id: "ami-760aaa0f".into(),
-        instance_type: "t3.micro".into(),
-        subnet_id: None,
-        security_group_ids: None,
-        key_name: None,
-        iam_instance_profile: None,
-        user_data: None,
-        tags: None,
-        root_volume: None,
-        region: None,
-        desired_state: DesiredState::Running,
-        deletion_policy: Default::default(),
-        management_policy: Default::default(),
-        update_policy: Default::default(),
-    }
+    serde_json::from_value(serde_json::json!({"imageId": "ami-760aaa0f", "instanceType": "t3.micro"}))
+        .expect("the minimal spec parses")
 }
 
 /// The test owner, for [`desired_for`].
@@ -155,6 +160,47 @@ pub fn instance_for(spec: &Ec2InstanceSpec, state: InstanceState) -> ObservedIns
         image_id: Some(spec.image_id.clone()),
         subnet_id: spec.subnet_id.clone(),
         key_name: spec.key_name.clone(),
+        details: details_for(spec),
+    }
+}
+
+/// What DescribeInstances shows of an instance launched for `spec` (hidden attributes unread).
+fn details_for(spec: &Ec2InstanceSpec) -> Details {
+    let metadata = spec.metadata_options.clone().unwrap_or_default();
+    Details {
+        lifecycle: spec.spot.as_ref().map(|_| "spot".into()),
+        spot_request_id: spec.spot.as_ref().map(|_| "sir-0123abcd".into()),
+        network_interface_id: Some("eni-0123456789abcdef0".into()),
+        volumes: vec![("/dev/xvda".into(), "vol-0123456789abcdef0".into())],
+        root_device_name: Some("/dev/xvda".into()),
+        metadata: Some(MetadataInForce {
+            http_tokens: Some(metadata.http_tokens.unwrap_or(HttpTokens::Required).as_ec2().into()),
+            hop_limit: Some(metadata.http_put_response_hop_limit.unwrap_or(1)),
+            http_endpoint: Some(metadata.http_endpoint.unwrap_or(Switch::Enabled).as_ec2().into()),
+            instance_tags: Some(
+                metadata
+                    .instance_metadata_tags
+                    .unwrap_or(Switch::Disabled)
+                    .as_ec2()
+                    .into(),
+            ),
+            state: Some("applied".into()),
+        }),
+        monitoring: Some(
+            if spec.monitoring == Some(Monitoring::Detailed) {
+                "enabled"
+            } else {
+                "disabled"
+            }
+            .into(),
+        ),
+        ebs_optimized: Some(spec.ebs_optimized.unwrap_or(false)),
+        source_dest_check: Some(spec.source_dest_check.unwrap_or(true)),
+        iam_profile_arn: spec
+            .iam_instance_profile
+            .as_ref()
+            .map(|p| format!("arn:aws:iam::000000000000:instance-profile/{p}")),
+        hidden: None,
     }
 }
 
@@ -177,6 +223,19 @@ impl ObservedInstance {
     }
     pub fn without_instance_tag(mut self, key: &str) -> Self {
         self.tags.remove(key);
+        self
+    }
+    /// What the reconcile read of the attributes DescribeInstances does not show.
+    pub fn with_hidden(mut self, hidden: Hidden) -> Self {
+        self.details.hidden = Some(hidden);
+        self
+    }
+    pub fn with_details(mut self, change: impl FnOnce(&mut Details)) -> Self {
+        change(&mut self.details);
+        self
+    }
+    pub fn with_state_reason(mut self, reason: &str) -> Self {
+        self.state_reason = Some(reason.into());
         self
     }
     pub fn launched(mut self, at: &str) -> Self {
@@ -254,6 +313,7 @@ pub fn context(client: kube::Client, ec2: aws_sdk_ec2::Client) -> std::sync::Arc
         poll_interval: Duration::from_secs(30),
         transition_interval: Duration::from_secs(5),
         terminal_retry_interval: Duration::from_secs(300),
+        attribute_check_interval: Duration::from_secs(1800),
     };
     Arc::new(crate::reconcile::Context::new(
         client,

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use sha2::{Digest, Sha256};
 
+use crate::crd;
+
 /// Prefix of every tag the operator owns. Users may not set keys with it (admission refuses them):
 /// they would fight the operator.
 pub const TAG_PREFIX: &str = "k106.com/";
@@ -20,10 +22,10 @@ pub const TAG_NAME: &str = "k106.com/name";
 /// SHA-256 of the user data last applied: EC2 does not return user data in DescribeInstances,
 /// and a tag is observed for free in the same call.
 pub const TAG_USER_DATA_SHA256: &str = "k106.com/user-data-sha256";
-/// SHA-256 of the fields EC2 fixes at launch (imageId, subnetId, keyName, iamInstanceProfile,
-/// rootVolume), set by RunInstances: DescribeInstances does not show the root volume's settings
-/// or the profile's name, and `updatePolicy: Replace` must know whether an instance was launched
-/// as the spec now says.
+/// SHA-256 of the fields EC2 fixes at launch (imageId, subnetId, keyName, rootVolume's type and
+/// encryption, and every launch-only field), set by RunInstances: DescribeInstances does not show
+/// most of them, and `updatePolicy: Replace` must know whether an instance was launched as the
+/// spec now says.
 pub const TAG_LAUNCH_SHA256: &str = "k106.com/launch-sha256";
 /// When the operator first found the instance without its object (an orphan), RFC 3339: the
 /// grace before `--terminate-orphans-after-seconds` counts from it, across restarts.
@@ -94,6 +96,68 @@ pub struct ObservedInstance {
     pub image_id: Option<String>,
     pub subnet_id: Option<String>,
     pub key_name: Option<String>,
+    /// The rest of what DescribeInstances shows, and what the operator read besides.
+    pub details: Details,
+}
+
+/// What DescribeInstances shows of an instance beyond its identity and state.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Details {
+    /// `spot`, or `None` for on-demand.
+    pub lifecycle: Option<String>,
+    pub spot_request_id: Option<String>,
+    /// The primary (device index 0) network interface.
+    pub network_interface_id: Option<String>,
+    /// `(device name, volume id)` of each attached EBS volume.
+    pub volumes: Vec<(String, String)>,
+    pub root_device_name: Option<String>,
+    pub metadata: Option<MetadataInForce>,
+    /// `disabled`, `enabled`, `pending` or `disabling`.
+    pub monitoring: Option<String>,
+    pub ebs_optimized: Option<bool>,
+    pub source_dest_check: Option<bool>,
+    pub iam_profile_arn: Option<String>,
+    /// Attributes DescribeInstances does not show, when the reconcile read them.
+    pub hidden: Option<Hidden>,
+}
+
+/// IMDS settings in EC2's words (`required`, `enabled`, ...).
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct MetadataInForce {
+    pub http_tokens: Option<String>,
+    pub hop_limit: Option<i32>,
+    pub http_endpoint: Option<String>,
+    pub instance_tags: Option<String>,
+    pub state: Option<String>,
+}
+
+/// Attributes that cost a call of their own per instance (DescribeInstanceAttribute,
+/// DescribeInstanceCreditSpecifications, DescribeVolumes). Only those the spec sets are read;
+/// the others stay `None`.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct Hidden {
+    pub termination_protection: Option<bool>,
+    pub stop_protection: Option<bool>,
+    pub shutdown_behavior: Option<String>,
+    pub credit_specification: Option<String>,
+    /// The root volume's id and size in GiB.
+    pub root_volume: Option<(String, i32)>,
+}
+
+/// Which hidden attributes to read: those the spec sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct HiddenWanted {
+    pub termination_protection: bool,
+    pub stop_protection: bool,
+    pub shutdown_behavior: bool,
+    pub credit_specification: bool,
+    pub root_volume_size: bool,
+}
+
+impl HiddenWanted {
+    pub fn any(self) -> bool {
+        self != HiddenWanted::default()
+    }
 }
 
 /// Everything RunInstances needs for one instance.
@@ -111,6 +175,32 @@ pub struct LaunchRequest {
     pub user_data: Option<String>,
     pub tags: BTreeMap<String, String>,
     pub root_volume: Option<RootVolumeRequest>,
+    /// Everything else the spec asks of RunInstances.
+    pub options: LaunchOptions,
+}
+
+/// The spec's launch-only fields, and the initial values of fields changed in place later,
+/// which RunInstances can set at once.
+#[derive(Clone, Debug, PartialEq, Default)]
+pub struct LaunchOptions {
+    pub subnet_selector: Option<BTreeMap<String, String>>,
+    pub security_group_selector: Option<BTreeMap<String, String>>,
+    pub launch_template: Option<crd::LaunchTemplate>,
+    pub block_devices: Vec<crd::BlockDevice>,
+    pub network_interface: Option<crd::NetworkInterface>,
+    pub placement: Option<crd::Placement>,
+    pub spot: Option<crd::Spot>,
+    pub capacity_reservation: Option<crd::CapacityReservation>,
+    pub cpu_options: Option<crd::CpuOptions>,
+    pub hibernation: Option<bool>,
+    pub enclave: Option<bool>,
+    pub metadata_options: Option<crd::MetadataOptions>,
+    pub monitoring: Option<crd::Monitoring>,
+    pub termination_protection: Option<bool>,
+    pub stop_protection: Option<bool>,
+    pub shutdown_behavior: Option<crd::ShutdownBehavior>,
+    pub credit_specification: Option<crd::CreditSpecification>,
+    pub ebs_optimized: Option<bool>,
 }
 
 #[derive(Clone, Debug, PartialEq, Default)]
@@ -192,6 +282,8 @@ impl LaunchRequest {
                 &self.user_data,
                 &self.tags,
                 root,
+                // Absent from requests made before these options existed: their digest stays.
+                (self.options != LaunchOptions::default()).then_some(&self.options),
             )
         ))
     }
@@ -243,6 +335,11 @@ pub enum Step {
         id: String,
         groups: Vec<String>,
     },
+    /// Change one attribute EC2 changes in place (or, `EbsOptimized`, on a stopped instance).
+    Modify {
+        id: String,
+        change: Change,
+    },
     /// Add or correct `set`, remove `remove`.
     Tag {
         id: String,
@@ -269,6 +366,7 @@ impl Step {
             Step::ModifyInstanceType { .. } => "modify_instance_type",
             Step::ModifyUserData { .. } => "modify_user_data",
             Step::SetSecurityGroups { .. } => "set_security_groups",
+            Step::Modify { change, .. } => change.label(),
             Step::Tag { .. } => "tag",
             Step::Terminate(_) => "terminate",
             Step::Release { .. } => "release",
@@ -286,6 +384,7 @@ impl Step {
             Step::ModifyInstanceType { id, .. }
             | Step::ModifyUserData { id, .. }
             | Step::SetSecurityGroups { id, .. }
+            | Step::Modify { id, .. }
             | Step::Tag { id, .. }
             | Step::Release { id, .. } => Some(id),
         }
@@ -302,6 +401,121 @@ impl Step {
     /// A launch of either kind: the new instance is only known from EC2's answer.
     pub fn launches(&self) -> bool {
         matches!(self, Step::Launch { .. } | Step::LaunchReplacement { .. })
+    }
+}
+
+/// One attribute change, with the EC2 call that makes it.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Change {
+    /// ModifyInstanceMetadataOptions; `None` fields are left as they are.
+    MetadataOptions(MetadataInForce),
+    /// MonitorInstances (true) or UnmonitorInstances.
+    Monitoring(bool),
+    /// ModifyInstanceAttribute DisableApiTermination.
+    TerminationProtection(bool),
+    /// ModifyInstanceAttribute DisableApiStop.
+    StopProtection(bool),
+    /// ModifyInstanceAttribute InstanceInitiatedShutdownBehavior (`stop` or `terminate`).
+    ShutdownBehavior(String),
+    /// ModifyInstanceAttribute SourceDestCheck.
+    SourceDestCheck(bool),
+    /// ModifyInstanceCreditSpecification (`standard` or `unlimited`).
+    CreditSpecification(String),
+    /// Associate, replace (`Some`) or disassociate (`None`) the IAM instance profile.
+    IamInstanceProfile(Option<String>),
+    /// ModifyVolume: grow the root volume.
+    RootVolumeSize { volume_id: String, size_gib: i32 },
+    /// ModifyInstanceAttribute EbsOptimized, on a stopped instance.
+    EbsOptimized(bool),
+    /// CancelSpotInstanceRequests, before the instance is terminated: a persistent request would
+    /// launch another.
+    CancelSpotRequest(String),
+}
+
+impl std::fmt::Display for Change {
+    /// As the plan preview and events show it.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let on = |b: &bool| if *b { "on" } else { "off" };
+        match self {
+            Change::MetadataOptions(m) => {
+                let mut set = Vec::new();
+                if let Some(v) = &m.http_tokens {
+                    set.push(format!("httpTokens={v}"));
+                }
+                if let Some(v) = m.hop_limit {
+                    set.push(format!("hopLimit={v}"));
+                }
+                if let Some(v) = &m.http_endpoint {
+                    set.push(format!("httpEndpoint={v}"));
+                }
+                if let Some(v) = &m.instance_tags {
+                    set.push(format!("instanceMetadataTags={v}"));
+                }
+                write!(f, "set metadataOptions {}", set.join(","))
+            }
+            Change::Monitoring(b) => write!(f, "set monitoring {}", if *b { "Detailed" } else { "Basic" }),
+            Change::TerminationProtection(b) => write!(f, "turn terminationProtection {}", on(b)),
+            Change::StopProtection(b) => write!(f, "turn stopProtection {}", on(b)),
+            Change::ShutdownBehavior(v) => write!(f, "set shutdownBehavior {v}"),
+            Change::SourceDestCheck(b) => write!(f, "turn sourceDestCheck {}", on(b)),
+            Change::CreditSpecification(v) => write!(f, "set creditSpecification {v}"),
+            Change::IamInstanceProfile(Some(p)) => write!(f, "set iamInstanceProfile {p}"),
+            Change::IamInstanceProfile(None) => write!(f, "disassociate iamInstanceProfile"),
+            Change::RootVolumeSize { volume_id, size_gib } => {
+                write!(f, "grow root volume {volume_id} to {size_gib} GiB")
+            }
+            Change::EbsOptimized(b) => write!(f, "turn ebsOptimized {}", on(b)),
+            Change::CancelSpotRequest(id) => write!(f, "cancel Spot request {id}"),
+        }
+    }
+}
+
+impl Change {
+    pub fn label(&self) -> &'static str {
+        match self {
+            Change::MetadataOptions(_) => "modify_metadata_options",
+            Change::Monitoring(_) => "set_monitoring",
+            Change::TerminationProtection(_) => "set_termination_protection",
+            Change::StopProtection(_) => "set_stop_protection",
+            Change::ShutdownBehavior(_) => "set_shutdown_behavior",
+            Change::SourceDestCheck(_) => "set_source_dest_check",
+            Change::CreditSpecification(_) => "set_credit_specification",
+            Change::IamInstanceProfile(_) => "set_iam_instance_profile",
+            Change::RootVolumeSize { .. } => "grow_root_volume",
+            Change::EbsOptimized(_) => "set_ebs_optimized",
+            Change::CancelSpotRequest(_) => "cancel_spot_request",
+        }
+    }
+
+    /// The instance's details as EC2 shows them once the change is made.
+    fn apply_to(&self, details: &mut Details) {
+        let hidden = details.hidden.get_or_insert_with(Hidden::default);
+        match self {
+            Change::MetadataOptions(wanted) => {
+                let metadata = details.metadata.get_or_insert_with(MetadataInForce::default);
+                let merge = |have: &mut Option<String>, want: &Option<String>| {
+                    if want.is_some() {
+                        have.clone_from(want);
+                    }
+                };
+                merge(&mut metadata.http_tokens, &wanted.http_tokens);
+                merge(&mut metadata.http_endpoint, &wanted.http_endpoint);
+                merge(&mut metadata.instance_tags, &wanted.instance_tags);
+                if wanted.hop_limit.is_some() {
+                    metadata.hop_limit = wanted.hop_limit;
+                }
+            }
+            Change::Monitoring(on) => details.monitoring = Some(if *on { "enabled" } else { "disabled" }.into()),
+            Change::TerminationProtection(on) => hidden.termination_protection = Some(*on),
+            Change::StopProtection(on) => hidden.stop_protection = Some(*on),
+            Change::ShutdownBehavior(value) => hidden.shutdown_behavior = Some(value.clone()),
+            Change::SourceDestCheck(on) => details.source_dest_check = Some(*on),
+            Change::CreditSpecification(value) => hidden.credit_specification = Some(value.clone()),
+            Change::IamInstanceProfile(profile) => details.iam_profile_arn = profile.clone(),
+            Change::RootVolumeSize { volume_id, size_gib } => hidden.root_volume = Some((volume_id.clone(), *size_gib)),
+            Change::EbsOptimized(on) => details.ebs_optimized = Some(*on),
+            Change::CancelSpotRequest(_) => details.spot_request_id = None,
+        }
     }
 }
 
@@ -338,6 +552,7 @@ impl ObservedInstance {
                 }
             },
             Step::SetSecurityGroups { groups, .. } => self.security_group_ids = groups.iter().cloned().collect(),
+            Step::Modify { change, .. } => change.apply_to(&mut self.details),
             Step::Tag { set, remove, .. } => {
                 self.tags.extend(set.clone());
                 self.tags.retain(|k, _| !remove.contains(k));

@@ -12,7 +12,7 @@ use kube::runtime::finalizer::{Event as Finalizer, finalizer};
 use tracing::{debug, info, instrument, warn};
 
 use crate::backoff::Backoff;
-use crate::crd::{DeletionPolicy, Ec2Instance, Ec2InstanceStatus, ManagementPolicy};
+use crate::crd::{DeletionPolicy, Ec2Instance, Ec2InstanceStatus, ManagementPolicy, VerifiedAttributes};
 use crate::decide::{self, Desired, Readiness, Recorded};
 use crate::ec2::{Ec2, Ec2Regions};
 use crate::error::{AwsFault, Error, Result};
@@ -34,6 +34,8 @@ pub struct Timing {
     pub transition_interval: Duration,
     /// Requeue delay after a terminal error (bad AMI, no permission): slow, no retry storm.
     pub terminal_retry_interval: Duration,
+    /// How often an object's hidden attributes are read again (`--attribute-check-seconds`).
+    pub attribute_check_interval: Duration,
 }
 
 /// Everything a reconcile needs, shared by all of them.
@@ -223,8 +225,19 @@ impl<'a> Reconciler<'a> {
         if let Some(new) = replacement.as_ref().filter(|r| !found.iter().any(|i| i.id == r.id)) {
             found.push(new.clone());
         }
-        let (observed, extras) = self.choose(found);
+        let (mut observed, extras) = self.choose(found);
         let desired = self.desired();
+        let now = jiff::Timestamp::now();
+        let verified = self.obj.status.as_ref().and_then(|s| s.attributes.as_ref());
+        let hidden = desired.hidden_to_read(
+            observed.as_ref(),
+            verified,
+            now,
+            self.ctx.timing.attribute_check_interval,
+        );
+        if let (Some(wanted), Some(instance)) = (hidden, observed.as_mut()) {
+            instance.details.hidden = Some(self.ec2.read_hidden(instance, wanted).await?);
+        }
         let (replaced, duplicates) = decide::replaced_and_duplicates(&desired, extras, &self.recorded);
         self.report_duplicates(observed.as_ref(), &duplicates).await;
         self.preflight(&desired, observed.as_ref(), replacement.as_ref())
@@ -232,6 +245,8 @@ impl<'a> Reconciler<'a> {
         let mut steps = decide::duplicates_to_terminate(&duplicates, &self.recorded, self.ctx.timing.poll_interval);
         steps.extend(decide::plan(&desired, observed.as_ref(), &self.recorded));
         steps.extend(decide::retire(&desired, observed.as_ref(), &replaced, &self.recorded));
+        let known = observed.iter().chain(&replaced).chain(&duplicates);
+        let steps = decide::before_terminating(&self.obj.spec, steps, known);
         if decide::held_back(&steps, &self.recorded) {
             return Ok(Action::await_change());
         }
@@ -267,6 +282,14 @@ impl<'a> Reconciler<'a> {
         }
         let ready = readiness.ready;
         let mut status = self.next_status(serving, applied, readiness);
+        status.applied_iam_instance_profile = self.obj.spec.iam_instance_profile.clone();
+        if let Some(instance) = observed.as_ref().filter(|_| hidden.is_some()) {
+            // Read and, by the steps just carried out, made as the spec says.
+            status.attributes = Some(VerifiedAttributes {
+                sha256: desired.hidden_sha256(&instance.id),
+                verified_at: now.to_string(),
+            });
+        }
         status.replacement = replacing.map(status::replacement);
         status.plan = plan;
         status.replacements = decide::replacements(&self.recorded, &steps, ready);
@@ -533,7 +556,8 @@ impl<'a> Reconciler<'a> {
             owned = decide::owned(found, &self.owner);
             cleanup = decide::plan_cleanup(self.obj.spec.deletion_policy, &owned, &self.recorded);
         }
-        self.execute(&cleanup.steps, None).await?;
+        let steps = decide::before_terminating(&self.obj.spec, cleanup.steps.clone(), &owned);
+        self.execute(&steps, None).await?;
         if cleanup.release {
             self.ctx.inventory.unwatch_owner(&self.region, &self.owner.uid);
             if let Some(id) = self.status_id() {

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams, ResourceExt};
 
-use crate::crd::{Ec2Instance, Ec2InstanceStatus, Replacement, UpdatePolicy};
+use crate::crd::{AttachedVolume, Ec2Instance, Ec2InstanceStatus, MetadataOptionsInForce, Replacement, UpdatePolicy};
 use crate::decide::{self, DRIFTED, PAUSED, READY, Readiness, STALLED};
 use crate::error::Result;
 use crate::model::{ObservedInstance, TAG_LAUNCH_SHA256, TAG_USER_DATA_SHA256};
@@ -57,6 +57,29 @@ pub fn next_status(
                 .cloned()
                 .or_else(|| previous.user_data_sha256.clone()),
             launch_sha256: launch_sha256(obj, &previous, i),
+            image_id: i.image_id.clone(),
+            subnet_id: i.subnet_id.clone(),
+            security_group_ids: i.security_group_ids.iter().cloned().collect(),
+            lifecycle: Some(i.details.lifecycle.clone().unwrap_or_else(|| "on-demand".into())),
+            spot_instance_request_id: i.details.spot_request_id.clone(),
+            network_interface_id: i.details.network_interface_id.clone(),
+            volumes: volumes(i),
+            metadata_options: i.details.metadata.as_ref().map(|m| MetadataOptionsInForce {
+                http_tokens: m.http_tokens.clone(),
+                http_put_response_hop_limit: m.hop_limit,
+                http_endpoint: m.http_endpoint.clone(),
+                instance_metadata_tags: m.instance_tags.clone(),
+                state: m.state.clone(),
+            }),
+            monitoring: i.details.monitoring.clone(),
+            iam_instance_profile_arn: i.details.iam_profile_arn.clone(),
+            ebs_optimized: i.details.ebs_optimized,
+            source_dest_check: i.details.source_dest_check,
+            // Verified attributes belong to the instance they were verified on.
+            attributes: previous
+                .attributes
+                .clone()
+                .filter(|_| previous.instance_id.as_deref() == Some(i.id.as_str())),
             ..Default::default()
         },
         // Nothing observed this time (e.g. EC2 failed): keep the last known facts.
@@ -69,8 +92,25 @@ pub fn next_status(
     status.cluster_id = previous.cluster_id.clone();
     status.observed_generation = obj.metadata.generation;
     status.applied_tag_keys = applied_tag_keys;
+    status.applied_iam_instance_profile = previous.applied_iam_instance_profile.clone();
     status.conditions = conditions;
     status
+}
+
+/// The attached volumes, the root volume first.
+fn volumes(instance: &ObservedInstance) -> Vec<AttachedVolume> {
+    let root = instance.details.root_device_name.as_deref();
+    let mut volumes: Vec<AttachedVolume> = instance
+        .details
+        .volumes
+        .iter()
+        .map(|(device, id)| AttachedVolume {
+            device_name: device.clone(),
+            volume_id: id.clone(),
+        })
+        .collect();
+    volumes.sort_by_key(|v| Some(v.device_name.as_str()) != root);
+    volumes
 }
 
 /// The launch hash of `instance`: its tag, else what status last saw of it, else (launched before
