@@ -42,8 +42,11 @@ fn kustomization_lists_files_that_exist() {
 #[test]
 fn examples_parse_as_ec2instances() {
     // examples/tutorial/ holds the tutorial's own manifests (an Alice CRD among them); make
-    // test-docs applies those.
-    for entry in std::fs::read_dir(format!("{ROOT}/examples")).unwrap() {
+    // test-docs applies those. examples/reference/ shows every field (not applied by `make demo`:
+    // its ids are placeholders).
+    let top = std::fs::read_dir(format!("{ROOT}/examples")).unwrap();
+    let reference = std::fs::read_dir(format!("{ROOT}/examples/reference")).unwrap();
+    for entry in top.chain(reference) {
         let path = entry.unwrap().path();
         if path.is_dir() {
             continue;
@@ -72,16 +75,55 @@ fn the_iam_policy_lets_adoption_tag_only_untagged_instances_and_only_with_this_c
     );
 }
 
+/// Every `.rs` file under `src/`, as (path, text).
+fn source_files() -> Vec<(String, String)> {
+    fn walk(dir: &std::path::Path, found: &mut Vec<(String, String)>) {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                walk(&path, found);
+            } else if path.extension().is_some_and(|ext| ext == "rs") {
+                let text = std::fs::read_to_string(&path).unwrap();
+                found.push((path.display().to_string(), text));
+            }
+        }
+    }
+    let mut found = Vec::new();
+    walk(&std::path::Path::new(ROOT).join("src"), &mut found);
+    found
+}
+
+fn iam_statements() -> Vec<serde_json::Value> {
+    let policy: serde_json::Value = serde_json::from_str(&read("deploy/iam-policy.json")).unwrap();
+    policy["Statement"].as_array().unwrap().clone()
+}
+
+/// A statement's `Action` or `Resource`, one string or a list, as a list.
+fn strings(value: &serde_json::Value) -> Vec<&str> {
+    match value {
+        serde_json::Value::String(one) => vec![one.as_str()],
+        serde_json::Value::Array(many) => many.iter().map(|v| v.as_str().unwrap()).collect(),
+        _ => vec![],
+    }
+}
+
 #[test]
 fn the_iam_policy_allows_every_ec2_call_the_code_makes_and_no_wildcard_owner() {
     let policy = read("deploy/iam-policy.json");
-    let code = read("src/ec2.rs");
     // Every request is counted by name (`self.count("Operation")`), so the code lists them.
-    let calls: Vec<&str> = code
-        .split("self.count(\"")
-        .skip(1)
-        .filter_map(|rest| rest.split('"').next())
+    let mut calls: Vec<String> = source_files()
+        .iter()
+        .flat_map(|(_, code)| {
+            code.split(".count(\"")
+                .skip(1)
+                .filter_map(|rest| rest.split('"').next())
+                .filter(|name| name.starts_with(|c: char| c.is_ascii_uppercase()))
+                .map(str::to_owned)
+                .collect::<Vec<_>>()
+        })
         .collect();
+    calls.sort();
+    calls.dedup();
     assert!(calls.len() >= 10, "found {calls:?}");
     for call in calls {
         assert!(
@@ -89,18 +131,94 @@ fn the_iam_policy_allows_every_ec2_call_the_code_makes_and_no_wildcard_owner() {
             "deploy/iam-policy.json lacks ec2:{call}"
         );
     }
-    assert!(
-        !policy.contains("StringLike"),
-        "ownership conditions must name this cluster's id"
-    );
-    let policy: serde_json::Value = serde_json::from_str(&policy).unwrap();
-    for statement in policy["Statement"].as_array().unwrap() {
+    for statement in iam_statements() {
+        let sid = statement["Sid"].as_str().unwrap_or("?");
+        // Ownership conditions name this cluster's id: never a pattern (`StringLike`, `ArnLike`).
+        for (operator, keys) in statement["Condition"].as_object().into_iter().flatten() {
+            for key in keys.as_object().unwrap().keys() {
+                if key.contains("k106.com/") {
+                    assert!(
+                        ["StringEquals", "Null"].contains(&operator.as_str()),
+                        "{sid}: {operator} on {key}: ownership conditions must name this cluster's id"
+                    );
+                }
+            }
+        }
         if statement["Action"] == "iam:PassRole" {
             assert_ne!(
                 statement["Resource"], "*",
                 "PassRole is scoped to the operator's role path"
             );
         }
+    }
+}
+
+#[test]
+fn the_iam_policy_changes_only_instances_and_volumes_that_carry_this_clusters_tag() {
+    // A statement that names instances or volumes either reads, or launches and tags them in
+    // the same RunInstances, or needs the cluster's id on them (or, to adopt an instance, needs
+    // its absence and sets it).
+    for statement in iam_statements() {
+        let sid = statement["Sid"].as_str().unwrap_or("?");
+        let resources = strings(&statement["Resource"]);
+        if !resources
+            .iter()
+            .any(|r| r.contains(":instance/") || r.contains(":volume/"))
+        {
+            continue;
+        }
+        let actions = strings(&statement["Action"]);
+        let condition = &statement["Condition"];
+        let reads = actions.iter().all(|a| a.starts_with("ec2:Describe"));
+        let at_launch = condition["StringEquals"]["ec2:CreateAction"] == "RunInstances";
+        let ours = condition["StringEquals"]["aws:ResourceTag/k106.com/cluster-id"] == "CLUSTER_ID"
+            || condition["StringEquals"]["aws:RequestTag/k106.com/cluster-id"] == "CLUSTER_ID";
+        assert!(
+            reads || at_launch || ours,
+            "{sid}: {actions:?} on {resources:?} without this cluster's id"
+        );
+    }
+}
+
+#[test]
+fn the_iam_policy_lets_runinstances_tag_every_resource_type_the_code_tags_at_launch() {
+    // `tag_specification(ResourceType::SpotInstancesRequest, ..)` tags `spot-instances-request`:
+    // RunInstances needs ec2:CreateTags on each type it tags (ec2:CreateAction RunInstances).
+    let tagged: Vec<String> = source_files()
+        .iter()
+        .flat_map(|(_, code)| {
+            code.split("tag_specification(ResourceType::")
+                .skip(1)
+                .filter_map(|rest| rest.split(|c: char| !c.is_ascii_alphanumeric()).next())
+                .map(|variant| {
+                    let mut kebab = String::new();
+                    for (i, c) in variant.chars().enumerate() {
+                        if c.is_ascii_uppercase() && i > 0 {
+                            kebab.push('-');
+                        }
+                        kebab.push(c.to_ascii_lowercase());
+                    }
+                    kebab
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert!(tagged.iter().any(|t| t == "instance"), "found {tagged:?}");
+    let statements = iam_statements();
+    let at_launch = statements
+        .iter()
+        .find(|s| s["Sid"] == "TagAtLaunch")
+        .expect("a statement for tags set by RunInstances");
+    assert_eq!(
+        at_launch["Condition"]["StringEquals"]["ec2:CreateAction"],
+        "RunInstances"
+    );
+    let resources = strings(&at_launch["Resource"]);
+    for kind in tagged {
+        assert!(
+            resources.contains(&format!("arn:aws:ec2:*:*:{kind}/*").as_str()),
+            "TagAtLaunch lacks {kind}/*: RunInstances tags it"
+        );
     }
 }
 
