@@ -7,11 +7,12 @@
 #   localstack.sh env      prints `export KEY=VALUE` lines (eval "$(localstack/localstack.sh env)")
 #   localstack.sh install  only create/refresh the virtualenv
 #
-# `up` also starts strict_ec2.py on STRICT_EC2_PORT: the AWS-strict EC2 (eventual consistency,
+# `up` also starts strict_ec2.py on STRICT_EC2_PORT (after the seed, whose AMI its resolve:ssm table names): the AWS-strict EC2 (eventual consistency,
 # ClientToken idempotency, state rules) that the operator talks to in the tests.
 #
 # Env: BED_CACHE (default <repo>/.cache), LOCALSTACK_PORT (default 4566), STRICT_EC2_PORT (4567),
 #      STRICT_EC2_VISIBILITY_SECONDS (2), STRICT_EC2_TERMINATED_SECONDS (60),
+#      STRICT_EC2_VOLUME_MODIFY_COOLDOWN_SECONDS (0; AWS waits 6 h between modifications of a volume),
 #      LOCALSTACK_START_TIMEOUT (seconds, default 120), PYTHON (default python3, used to build the venv).
 set -euo pipefail
 
@@ -31,6 +32,11 @@ ENVFILE="$CACHE/bed/localstack.env"
 STRICT_PORT="${STRICT_EC2_PORT:-4567}"
 STRICT_PIDFILE="$STATE/strict-ec2.pid"
 ENDPOINT="http://127.0.0.1:$PORT"
+# The strict EC2's own tables (LocalStack cannot create placement groups or capacity reservations
+# and does not resolve resolve:ssm: image ids); seed() exports them for the tests.
+PLACEMENT_GROUP=k106-testbed-partition
+CAPACITY_RESERVATION=cr-00000000000000106
+SSM_AMI_PARAMETER=/k106/test/ami
 
 log() { echo "localstack.sh: $*" >&2; }
 
@@ -57,7 +63,8 @@ our_pid() { pid_from_file "$PIDFILE" localstack.runtime.main || true; }
 # The strict EC2 in front of LocalStack: started (or restarted) with the settings of this call.
 # 9>&-: it must not inherit the lock that `up` holds, or `down` would wait for it forever.
 start_strict() {
-  local pid
+  local pid image
+  image="$(sed -n 's/^TEST_IMAGE_ID=//p' "$ENVFILE")"
   if pid="$(pid_from_file "$STRICT_PIDFILE" strict_ec2.py)"; then stop_pid "$pid"; fi
   port_in_use "$STRICT_PORT" && die "127.0.0.1:$STRICT_PORT is in use; set STRICT_EC2_PORT to a free port"
   setsid nohup python3 "$HERE/strict_ec2.py" --port "$STRICT_PORT" --upstream "$ENDPOINT" \
@@ -70,6 +77,10 @@ start_strict() {
     --chosen-error p5.48xlarge=InsufficientInstanceCapacity \
     --chosen-error u-24tb1.metal=InstanceLimitExceeded \
     --dies-at-launch ami-0000000000badbad3 \
+    --placement-group "$PLACEMENT_GROUP=partition:3" \
+    --capacity-reservation "$CAPACITY_RESERVATION" \
+    --ssm-parameter "$SSM_AMI_PARAMETER=$image" \
+    --volume-modify-cooldown-seconds "${STRICT_EC2_VOLUME_MODIFY_COOLDOWN_SECONDS:-0}" \
     </dev/null >"$STATE/strict-ec2.log" 2>&1 9>&- &
   echo $! >"$STRICT_PIDFILE"
   for _ in $(seq 50); do port_in_use "$STRICT_PORT" && return 0; sleep 0.1; done
@@ -83,8 +94,9 @@ stop_strict() {
 }
 
 healthy() {
-  curl -fsS --max-time 3 "$ENDPOINT/_localstack/health" 2>/dev/null \
-    | grep -Eq '"ec2": *"(available|running)"'
+  local health
+  health="$(curl -fsS --max-time 3 "$ENDPOINT/_localstack/health" 2>/dev/null)" || return 1
+  grep -Eq '"ec2": *"(available|running)"' <<<"$health" && grep -Eq '"iam": *"(available|running)"' <<<"$health"
 }
 
 wait_healthy() {
@@ -113,7 +125,7 @@ start() {
   # service catalog when an operation is not implemented) pointed at a closed loopback port.
   # setsid: own process group, so `down` can signal everything it spawned.
   env -u AWS_ENDPOINT_URL -u AWS_PROFILE \
-    GATEWAY_LISTEN="127.0.0.1:$PORT" SERVICES=ec2 EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 GATEWAY_SERVER=hypercorn \
+    GATEWAY_LISTEN="127.0.0.1:$PORT" SERVICES=ec2,iam EAGER_SERVICE_LOADING=1 DNS_ADDRESS=0 GATEWAY_SERVER=hypercorn \
     OVERRIDE_IN_DOCKER=0 FILESYSTEM_ROOT="$STATE/fs" CONFIG_DIR="$STATE/config" \
     DISABLE_EVENTS=1 SKIP_SSL_CERT_DOWNLOAD=1 LOCALSTACK_HOST="127.0.0.1:$PORT" \
     API_ENDPOINT=http://127.0.0.1:9/v1 ANALYTICS_API=http://127.0.0.1:9/v1 \
@@ -136,6 +148,9 @@ seed() {
     echo "STRICT_EC2_ENDPOINT=http://127.0.0.1:$STRICT_PORT"
     # For the chaos test, which freezes LocalStack (SIGSTOP) to make EC2 unreachable.
     echo "LOCALSTACK_PID=$(cat "$PIDFILE")"
+    echo "TEST_PLACEMENT_GROUP=$PLACEMENT_GROUP"
+    echo "TEST_CAPACITY_RESERVATION_ID=$CAPACITY_RESERVATION"
+    echo "TEST_SSM_AMI_PARAMETER=$SSM_AMI_PARAMETER"
     echo "$out"
   } >"$ENVFILE.tmp"
   mv -f "$ENVFILE.tmp" "$ENVFILE"
@@ -206,8 +221,8 @@ up() {
     fi
     log "healthy after $(awk -v a="$t0" -v b="$EPOCHREALTIME" 'BEGIN{printf "%.1f", b-a}')s"
   fi
-  start_strict
   seed
+  start_strict
 }
 
 cmd="${1:-}"

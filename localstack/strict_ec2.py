@@ -8,8 +8,10 @@ where LocalStack is lenient. Standard library only.
 - ClientToken idempotency: RunInstances with a token seen before and the same parameters answers
   the original response (no new instance), however long ago and whatever happened to it since;
   the same token with other parameters answers IdempotentParameterMismatch.
-- State rules: ModifyInstanceAttribute of the instance type or user data on an instance that is
-  not stopped, and StartInstances on a stopping instance, answer IncorrectInstanceState.
+- State rules: ModifyInstanceAttribute of the instance type, user data or EBS optimization on an
+  instance that is not stopped, StartInstances on a stopping instance or on a spot instance EC2
+  stopped (interrupted), answer IncorrectInstanceState; StopInstances of a one-time spot instance
+  answers UnsupportedOperation.
 
 - Faults, for chaos tests (all off by default): --fault-rate answers that share of requests
   with 503 Unavailable or 500 InternalError without forwarding them; --drop-rate forwards that
@@ -36,9 +38,33 @@ where LocalStack is lenient. Standard library only.
       ami-0000000000badbad3  dies at launch                p5.48xlarge    InsufficientInstanceCapacity
                                                            u-24tb1.metal  InstanceLimitExceeded
 
+- The operator's instance fields (strict_fields.py; README.md has the table of what and why):
+  ModifyInstanceAttribute forms LocalStack mishandles are translated, and the ones it would turn into
+  a security-group wipe refused (UnsupportedOperation); EbsOptimized, like InstanceType and UserData,
+  needs a stopped instance; RunInstances DisableApiTermination is applied. MonitorInstances,
+  UnmonitorInstances, DescribeInstanceCreditSpecifications, ModifyInstanceCreditSpecification and
+  DescribePlacementGroups are answered by the proxy; ModifyInstanceMetadataOptions gets its omitted
+  parameters from the instance; ReplaceIamInstanceProfileAssociation is carried out as disassociate +
+  associate. RunInstances is validated as AWS does before anything launches (spot options, placement,
+  capacity reservation, CPU options, block devices, network interfaces), and what LocalStack ignores
+  is remembered and shown in describes (spot request id, tenancy, placement group and partition, CPU
+  and enclave options, capacity reservation, IPv6 addresses, volume encryption and
+  DeleteOnTermination) or applied after the launch (volume IOPS/throughput/io1/io2, secondary private
+  IPs). LocalStack's 404/500 answers for an unknown profile, launch template id or private IP become
+  AWS's 400s. ModifyVolume refuses a shrink, and a second modification of a volume within
+  --volume-modify-cooldown-seconds (AWS: 6 h; default 21600).
+  Tables LocalStack cannot hold: --placement-group NAME=partition:N|cluster|spread (repeatable; an
+  unknown group answers InvalidPlacementGroup.Unknown), --capacity-reservation cr-ID (repeatable; an
+  unknown target answers InvalidCapacityReservationId.NotFound), --ssm-parameter NAME=ami-ID
+  (repeatable; RunInstances ImageId resolve:ssm:NAME launches that AMI).
+  POST /_strict/interrupt?instance=i-... interrupts a spot instance launched through the proxy as EC2
+  does: terminated upstream (stopped, for the stop/hibernate behavior), then shown with stateReason
+  Server.SpotInstanceTermination (Server.SpotInstanceShutdown); answers JSON, 404 for another instance.
+
 Usage: strict_ec2.py --port 4567 --upstream http://127.0.0.1:4566 [--visibility-seconds 2]
 GET /_strict/stats answers the count of requests by action and of each strict answer given
-(strict:*), each fault injected (fault:*) and each chosen error answered (chosen:CODE).
+(strict:*: an AWS error LocalStack would not give, or a call or field the proxy emulated), each
+fault injected (fault:*) and each chosen error answered (chosen:CODE).
 """
 
 import argparse
@@ -57,15 +83,12 @@ import uuid
 import xml.etree.ElementTree as ET
 from xml.sax.saxutils import escape
 
+from strict_fields import (FieldRules, Fields, child, ids_in, local, placement_group_arg,
+                           set_state_reason, ssm_parameter_arg, text)
+
 HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "host"}
-MUTATING_BY_INSTANCE_ID = {
-    "StartInstances",
-    "StopInstances",
-    "TerminateInstances",
-    "RebootInstances",
-    "ModifyInstanceAttribute",
-    "ModifyInstanceMetadataOptions",
-}
+# Calls on instances with no strict_<Action> handler of their own (those call strict_mutation first).
+MUTATING_BY_INSTANCE_ID = {"StartInstances", "TerminateInstances", "RebootInstances"}
 TAGGING = {"CreateTags", "DeleteTags"}
 # The chosen errors: code -> HTTP status. AWS lists InsufficientInstanceCapacity among its "server
 # error codes" (5xx) in the EC2 error code reference, and boto3 reports it after "reached max
@@ -92,7 +115,8 @@ class World:
     """What the proxy remembers: when each instance becomes visible, when it was seen terminated,
     every ClientToken's parameters and answer, and each action's throttling bucket."""
 
-    def __init__(self, visibility, terminated, faults, chosen=None, dies=()):
+    def __init__(self, visibility, terminated, faults, chosen=None, dies=(), fields=None):
+        self.fields = fields or Fields({}, (), {}, 0)
         self.visibility = visibility
         self.terminated = terminated
         self.faults = faults
@@ -162,10 +186,6 @@ class World:
             return self.doomed.get(instance_id)
 
 
-def ids_in(params, prefix):
-    return [v for k, v in params.items() if k.startswith(prefix + ".") and k[len(prefix) + 1 :].isdigit()]
-
-
 def error(code, message, status=400):
     body = (
         '<?xml version="1.0" encoding="UTF-8"?>\n<Response><Errors><Error>'
@@ -205,21 +225,6 @@ def chosen_error(code, field, value, params):
     return error(code, message, CHOSEN_STATUS[code])
 
 
-def local(element):
-    """The tag without its namespace (LocalStack and AWS spell the EC2 namespace differently)."""
-    return element.tag.rsplit("}", 1)[-1]
-
-
-def child(element, name):
-    return next((c for c in element if local(c) == name), None)
-
-
-def text(element, *path):
-    for name in path:
-        element = child(element, name) if element is not None else None
-    return element.text if element is not None else None
-
-
 def parse(answer):
     root = ET.fromstring(answer)
     if root.tag.startswith("{"):
@@ -227,7 +232,7 @@ def parse(answer):
     return root
 
 
-class Proxy(http.server.BaseHTTPRequestHandler):
+class Proxy(FieldRules, http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     world = None
     upstream = None
@@ -244,6 +249,8 @@ class Proxy(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        if self.path.startswith("/_strict/interrupt"):
+            return self.interrupt_reply(urllib.parse.urlsplit(self.path).query)
         params = dict(urllib.parse.parse_qsl(body.decode(), keep_blank_values=True))
         action = params.get("Action", "")
         self.world.count(action)
@@ -284,10 +291,14 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if code is not None:
                 self.world.count("chosen:" + code)
                 return chosen_error(code, field, params[field], params)
+        asked = dict(params)
+        refusal = self.resolve_image(params) or self.launch_refusal(params)
+        if refusal is not None:
+            return refusal
         token = params.get("ClientToken")
         key = None
         if token:
-            rest = sorted((k, v) for k, v in params.items() if k != "ClientToken")
+            rest = sorted((k, v) for k, v in asked.items() if k != "ClientToken")
             key = hashlib.sha256(json.dumps(rest).encode()).hexdigest()
             with self.world.lock:
                 known = self.world.tokens.get(token)
@@ -300,16 +311,20 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                     )
                 self.world.count("strict:idempotent-replay")
                 return known[1]
-        status, headers, answer = self.forward(body)
-        if status == 200:
-            root = parse(answer)
-            ids = [e.text for e in root.iter() if local(e) == "instanceId"]
-            self.world.launched(ids)
-            if params.get("ImageId") in self.world.dies or params.get("InstanceType") in self.world.dies:
-                self.doom(ids, params)
-            if key is not None:
-                with self.world.lock:
-                    self.world.tokens.setdefault(token, (key, (status, headers, answer)))
+        status, headers, answer = self.upstream_call(self.launch_params(params))
+        if status != 200:
+            return self.launch_error(params, status, answer) or (status, headers, answer)
+        root = parse(answer)
+        ids = [e.text for e in root.iter() if local(e) == "instanceId"]
+        self.world.launched(ids)
+        if params.get("ImageId") in self.world.dies or params.get("InstanceType") in self.world.dies:
+            self.doom(ids, params)
+        self.after_launch(params, root)
+        if any([self.decorate(item) for item in root.iter() if child(item, "instanceState") is not None]):
+            answer = ET.tostring(root, xml_declaration=True, encoding="UTF-8")
+        if key is not None:
+            with self.world.lock:
+                self.world.tokens.setdefault(token, (key, (status, headers, answer)))
         return status, headers, answer
 
     def strict_DescribeInstances(self, params, body, _action):
@@ -333,15 +348,19 @@ class Proxy(http.server.BaseHTTPRequestHandler):
                 if self.world.invisible(instance_id):
                     instances.remove(instance)
                     changed = True
-                elif self.world.doom_of(instance_id) is not None:
-                    dying(instance, self.world.doom_of(instance_id))
-                    rewritten = True
+                else:
+                    if self.world.doom_of(instance_id) is not None:
+                        dying(instance, self.world.doom_of(instance_id))
+                        rewritten = True
+                    rewritten = self.decorate(instance) or rewritten
             if instances is not None and len(instances) == 0:
                 reservations.remove(reservation)
         if not changed and not rewritten:
             return status, headers, answer
         if changed:
             self.world.count("strict:hidden-from-describe")
+        if rewritten:
+            self.world.count("strict:describe-rewritten")
         return status, headers, ET.tostring(root, xml_declaration=True, encoding="UTF-8")
 
     def strict_mutation(self, params, body, action):
@@ -360,22 +379,13 @@ class Proxy(http.server.BaseHTTPRequestHandler):
             if code in CHOSEN_AT_MODIFY:
                 self.world.count("chosen:" + code)
                 return chosen_error(code, "InstanceType", new_type, params)
-        if action == "ModifyInstanceAttribute" and (
-            "InstanceType.Value" in params or "UserData.Value" in params
-        ):
-            state = self.state_of(params["InstanceId"], body)
-            if state not in (None, "stopped"):
-                self.world.count("strict:IncorrectInstanceState")
-                return error(
-                    "IncorrectInstanceState",
-                    f"The instance '{params['InstanceId']}' is not in the 'stopped' state.",
-                )
         if action == "StartInstances":
             for instance_id in ids:
                 instance = self.describe_one(instance_id, body)
-                if text(instance, "instanceState", "name") == "stopping":
-                    self.world.count("strict:IncorrectInstanceState")
-                    return error(
+                # only EC2 restarts a spot instance it stopped (when capacity returns)
+                spot = self.world.fields.get(instance_id).get("spot") or {}
+                if text(instance, "instanceState", "name") == "stopping" or spot.get("interrupted"):
+                    return self.strict(
                         "IncorrectInstanceState",
                         f"The instance '{instance_id}' is not in a state from which it can be started.",
                     )
@@ -429,6 +439,17 @@ class Proxy(http.server.BaseHTTPRequestHandler):
         items = (e for e in parse(answer).iter() if local(e) == "item")
         return next((e for e in items if child(e, "instanceState") is not None), None)
 
+    def strict(self, code, message, status=400):
+        """A strict answer: AWS's error where LocalStack would have accepted or answered otherwise."""
+        self.world.count("strict:" + code)
+        return error(code, message, status)
+
+    def upstream_call(self, params, headers=None):
+        """An EC2 call of the proxy's own to LocalStack, signed like the request being served."""
+        params = {"Version": "2016-11-15", **params}
+        headers = {k: v for k, v in (headers or self.headers).items() if k.lower() not in HOP_HEADERS}
+        return call(self.upstream, "POST", "/", headers, urllib.parse.urlencode(params).encode())
+
     def forward(self, body):
         headers = {k: v for k, v in self.headers.items() if k.lower() not in HOP_HEADERS}
         return call(self.upstream, self.command, self.path, headers, body)
@@ -465,18 +486,19 @@ def dying(instance, dead):
         for name, value in (("code", "0"), ("name", "pending")):
             if child(state, name) is not None:
                 child(state, name).text = value
-    reason = child(instance, "reason")
-    if reason is not None:
-        reason.text = ""
-    ns = instance.tag[: -len(local(instance))]
-    old = child(instance, "stateReason")
-    at = list(instance).index(old) if old is not None else len(instance)
-    if old is not None:
-        instance.remove(old)
-    new = ET.Element(ns + "stateReason")
-    ET.SubElement(new, ns + "code").text = DEATH_CODE
-    ET.SubElement(new, ns + "message").text = DEATH_MESSAGE
-    instance.insert(at, new)
+    set_state_reason(instance, DEATH_CODE, DEATH_MESSAGE)
+
+
+def table_arg(parse):
+    """An argparse type from a parser that raises ValueError."""
+
+    def parsed(value):
+        try:
+            return parse(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err))
+
+    return parsed
 
 
 def chosen_pair(value):
@@ -500,9 +522,17 @@ def main():
     parser.add_argument("--drop-first-launch", action="store_true")
     parser.add_argument("--chosen-error", type=chosen_pair, action="append", default=[], metavar="KEY=CODE")
     parser.add_argument("--dies-at-launch", action="append", default=[], metavar="KEY")
+    parser.add_argument("--placement-group", type=table_arg(placement_group_arg), action="append", default=[],
+                        metavar="NAME=partition:N|cluster|spread")
+    parser.add_argument("--capacity-reservation", action="append", default=[], metavar="cr-ID")
+    parser.add_argument("--ssm-parameter", type=table_arg(ssm_parameter_arg), action="append", default=[],
+                        metavar="NAME=ami-ID")
+    parser.add_argument("--volume-modify-cooldown-seconds", type=float, default=6 * 3600)
     args = parser.parse_args()
+    fields = Fields(args.placement_group, args.capacity_reservation, args.ssm_parameter,
+                    args.volume_modify_cooldown_seconds)
     Proxy.world = World(
-        args.visibility_seconds, args.terminated_seconds, args, dict(args.chosen_error), args.dies_at_launch
+        args.visibility_seconds, args.terminated_seconds, args, dict(args.chosen_error), args.dies_at_launch, fields
     )
     Proxy.upstream = urllib.parse.urlparse(args.upstream)
     server = http.server.ThreadingHTTPServer(("127.0.0.1", args.port), Proxy)

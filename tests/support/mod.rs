@@ -515,6 +515,18 @@ impl FaultyEc2 {
 }
 
 /// What a strict_ec2.py at `endpoint` counted: requests by action, and `fault:*` / `strict:*` answers.
+/// A control request to the bed's strict EC2 (e.g. `/_strict/interrupt?instance=i-...`); its answer.
+pub async fn strict_control(path: &str) -> String {
+    let endpoint = var("STRICT_EC2_ENDPOINT");
+    let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
+    let answer = http_request(port, "POST", path).await;
+    assert!(
+        answer.starts_with("HTTP/1.1 200") || answer.starts_with("HTTP/1.0 200"),
+        "{path}: {answer}"
+    );
+    answer
+}
+
 pub async fn strict_stats(endpoint: &str) -> serde_json::Value {
     let port: u16 = endpoint.rsplit(':').next().unwrap().parse().unwrap();
     let answer = http_get(port, "/_strict/stats").await;
@@ -533,11 +545,17 @@ fn free_port() -> u16 {
 }
 
 async fn http_get(port: u16, path: &str) -> String {
+    http_request(port, "GET", path).await
+}
+
+async fn http_request(port: u16, method: &str, path: &str) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         if let Ok(mut stream) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
-            let request = format!("GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n");
+            let request = format!(
+                "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            );
             stream.write_all(request.as_bytes()).await.unwrap();
             let mut body = String::new();
             stream.read_to_string(&mut body).await.unwrap();
