@@ -644,6 +644,23 @@ class FieldRules:
         self.world.count("strict:" + action)
         return answer(action, {"instancesSet": [{"instanceId": i, "monitoring": {"state": answered}} for i in ids]})
 
+    def strict_CancelSpotInstanceRequests(self, params, body, action):
+        """The `sir-` ids are the proxy's own (LocalStack makes none for RunInstances and 500s on
+        them): cancel them here. An id never made → AWS's NotFound, and nothing is cancelled."""
+        asked = ids_in(params, "SpotInstanceRequestId")
+        with self.world.fields.lock:
+            spots = {r["spot"]["request"]: r["spot"] for r in self.world.fields.instances.values() if r.get("spot")}
+            unknown = [i for i in asked if i not in spots]
+            if not unknown:
+                for request in asked:
+                    spots[request]["cancelled"] = True
+        if unknown:
+            return self.strict("InvalidSpotInstanceRequestID.NotFound",
+                               f"The spot instance request ID '{unknown[0]}' does not exist")
+        self.world.count("strict:" + action)
+        return answer(action, {"spotInstanceRequestSet": [
+            {"spotInstanceRequestId": i, "state": "cancelled"} for i in asked]})
+
     def strict_ModifyInstanceMetadataOptions(self, params, body, action):
         refusal = self.strict_mutation(params, body, action)
         if refusal is not None:

@@ -1046,35 +1046,15 @@ async fn invalid_specs_are_rejected_at_admission() {
         for (key, value) in spec.as_object().unwrap() {
             body["spec"][key] = value.clone();
         }
-        let err = raw_create(&bed, &ns, body)
+        let err = bed
+            .raw_create(&ns, body)
             .await
             .expect_err(&format!("{rule}: should be rejected"));
         assert!(err.contains(expected), "{rule}: expected {expected:?} in: {err}");
     }
     // The same manifest without the bad field is accepted: the rules reject only what they name.
     let good = serde_json::to_value(bed.manifest("good", json!({}))).unwrap();
-    raw_create(&bed, &ns, good).await.expect("a valid manifest is accepted");
-}
-
-/// Creates an object from raw JSON, as kubectl would send it (the typed client cannot express
-/// most invalid manifests). A null spec field is dropped, i.e. left out.
-async fn raw_create(bed: &Bed, ns: &str, mut body: serde_json::Value) -> Result<(), String> {
-    use kube::api::{DynamicObject, GroupVersionKind};
-    let (resource, _) = kube::discovery::pinned_kind(
-        &bed.client,
-        &GroupVersionKind::gvk("k106.com", "v1alpha1", "Ec2Instance"),
-    )
-    .await
-    .unwrap();
-    if let Some(spec) = body["spec"].as_object_mut() {
-        spec.retain(|_, v| !v.is_null());
-    }
-    let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(bed.client.clone(), ns, &resource);
-    let obj: DynamicObject = serde_json::from_value(body).unwrap();
-    api.create(&Default::default(), &obj)
-        .await
-        .map(|_| ())
-        .map_err(|e| e.to_string())
+    bed.raw_create(&ns, good).await.expect("a valid manifest is accepted");
 }
 
 #[tokio::test]
@@ -1094,12 +1074,15 @@ async fn immutable_fields_cannot_change() {
         (json!({"subnetId": "subnet-12345678"}), "subnetId is immutable"),
         (json!({"subnetId": null}), "subnetId is immutable"),
         (json!({"keyName": "b"}), "keyName is immutable"),
-        (json!({"rootVolume": {"sizeGiB": 9}}), "rootVolume is immutable"),
-        (json!({"region": "eu-west-1"}), "region is immutable"),
         (
-            json!({"iamInstanceProfile": "admin"}),
-            "iamInstanceProfile is immutable",
+            json!({"rootVolume": {"sizeGiB": 8, "type": "io1"}}),
+            "rootVolume is immutable",
         ),
+        (
+            json!({"rootVolume": {"sizeGiB": 7}}),
+            "rootVolume.sizeGiB can only grow",
+        ),
+        (json!({"region": "eu-west-1"}), "region is immutable"),
     ];
     for (patch, expected) in cases {
         let err = bed
@@ -1116,11 +1099,11 @@ async fn immutable_fields_cannot_change() {
             "{patch}: expected {expected:?} in: {err}"
         );
     }
-    // Mutable fields still change.
+    // Mutable fields still change; the root volume grows, the instance profile changes in place.
     bed.patch_spec(
         &ns,
         "fixed",
-        json!({"instanceType": "t3.large", "desiredState": "Stopped", "tags": {"a": "b"}}),
+        json!({"instanceType": "t3.large", "desiredState": "Stopped", "tags": {"a": "b"}, "rootVolume": {"sizeGiB": 9}, "iamInstanceProfile": "admin"}),
     )
     .await;
 }

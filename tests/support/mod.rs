@@ -295,6 +295,27 @@ impl Bed {
         .await
     }
 
+    /// Creates an object from raw JSON, as kubectl would send it (the typed client cannot express
+    /// most invalid manifests). A null spec field is dropped, i.e. left out.
+    pub async fn raw_create(&self, ns: &str, mut body: serde_json::Value) -> Result<(), String> {
+        use kube::api::{DynamicObject, GroupVersionKind};
+        let (resource, _) = kube::discovery::pinned_kind(
+            &self.client,
+            &GroupVersionKind::gvk("k106.com", "v1alpha1", "Ec2Instance"),
+        )
+        .await
+        .unwrap();
+        if let Some(spec) = body["spec"].as_object_mut() {
+            spec.retain(|_, v| !v.is_null());
+        }
+        let api: kube::Api<DynamicObject> = kube::Api::namespaced_with(self.client.clone(), ns, &resource);
+        let obj: DynamicObject = serde_json::from_value(body).unwrap();
+        api.create(&Default::default(), &obj)
+            .await
+            .map(|_| ())
+            .map_err(|e| e.to_string())
+    }
+
     /// `kubectl` against the bed, returning stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new("kubectl").args(args).output().expect("kubectl runs");
