@@ -1361,14 +1361,20 @@ pub fn drift(steady: bool, observed: Option<&ObservedInstance>, steps: &[Step]) 
 pub fn drift_repairs(spec: &Ec2InstanceSpec, observed: Option<&ObservedInstance>, steps: &[Step]) -> Vec<&'static str> {
     let want_running = spec.desired_state == DesiredState::Running;
     let resized = observed.is_some_and(|i| i.instance_type != spec.instance_type);
+    let ebs_changed = observed.is_some_and(|i| {
+        spec.ebs_optimized
+            .is_some_and(|on| i.details.ebs_optimized.unwrap_or(false) != on)
+    });
     let mut kinds: Vec<&'static str> = steps
         .iter()
         .filter_map(|step| match step {
             Step::Launch { .. } | Step::LaunchReplacement { .. } => Some("replaced"),
             Step::Start(_) => Some("started"),
             Step::Stop(_) if !want_running => Some("stopped"),
-            // The plan stops an instance meant to run only to change its type or user data.
-            Step::Stop(_) => Some(if resized { "resized" } else { "user_data" }),
+            // The plan stops an instance meant to run only to change its type, user data or EBS optimization.
+            Step::Stop(_) if resized => Some("resized"),
+            Step::Stop(_) if ebs_changed => Some("attributes"),
+            Step::Stop(_) => Some("user_data"),
             Step::ModifyInstanceType { .. } => Some("resized"),
             Step::ModifyUserData { .. } => Some("user_data"),
             Step::SetSecurityGroups { .. } => Some("security_groups"),

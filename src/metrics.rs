@@ -188,7 +188,7 @@ impl Default for Metrics {
         registry.register(
             "drift_repairs",
             "Out-of-band changes repaired, by kind (replaced, started, stopped, resized, user_data, \
-             security_groups, retagged, duplicate_terminated): the steps an object Ready for its \
+             security_groups, attributes, retagged, duplicate_terminated): the steps an object Ready for its \
              generation needs again, so never a spec change; counted when decided, with DriftDetected",
             drift_repairs.clone(),
         );
