@@ -661,6 +661,10 @@ async fn specs_ec2_would_refuse_are_rejected_at_admission() {
             "{name}: {patch}: expected {expected:?} in: {err}"
         );
     }
+    // The reference example, every field set, is a valid object.
+    let example = format!("{}/examples/reference/everything.yaml", support::ROOT);
+    let applied = bed.kubectl(&["apply", "--server-side", "--dry-run=server", "-f", &example]);
+    assert!(applied.contains("everything serverside-applied"), "{applied}");
     // Turning stop protection off in the same change lets the type change through.
     bed.patch_spec(
         &ns,
