@@ -578,24 +578,24 @@ fn live_changes(desired: &Desired, instance: &ObservedInstance, recorded: &Recor
     let mut changes = Vec::new();
     if let Some(wanted) = &spec.metadata_options {
         let want = MetadataInForce {
-            http_tokens: wanted.http_tokens.map(|t| t.as_ec2().to_owned()),
+            http_tokens: wanted.http_tokens.map(|t| t.as_ec2()),
             hop_limit: wanted.http_put_response_hop_limit,
-            http_endpoint: wanted.http_endpoint.map(|e| e.as_ec2().to_owned()),
-            instance_tags: wanted.instance_metadata_tags.map(|t| t.as_ec2().to_owned()),
+            http_endpoint: wanted.http_endpoint.map(|e| e.as_ec2()),
+            instance_tags: wanted.instance_metadata_tags.map(|t| t.as_ec2()),
             state: None,
         };
         let have = details.metadata.clone().unwrap_or_default();
-        let differs = |want: &Option<String>, have: &Option<String>| want.is_some() && want != have;
-        if differs(&want.http_tokens, &have.http_tokens)
-            || differs(&want.http_endpoint, &have.http_endpoint)
-            || differs(&want.instance_tags, &have.instance_tags)
+        let differs = |want: Option<&str>, have: Option<&str>| want.is_some() && want != have;
+        if differs(want.http_tokens, have.http_tokens)
+            || differs(want.http_endpoint, have.http_endpoint)
+            || differs(want.instance_tags, have.instance_tags)
             || (want.hop_limit.is_some() && want.hop_limit != have.hop_limit)
         {
             changes.push(Change::MetadataOptions(want));
         }
     }
     if let Some(monitoring) = spec.monitoring {
-        let on = matches!(details.monitoring.as_deref(), Some("enabled" | "pending"));
+        let on = matches!(details.monitoring, Some("enabled" | "pending"));
         let want = monitoring == Monitoring::Detailed;
         if on != want {
             changes.push(Change::Monitoring(want));
@@ -2502,7 +2502,7 @@ mod tests {
             let launched_plain = instance_for(&spec(), state);
             let steps = plan_for(&wanted, Some(&launched_plain), &[]);
             let metadata = MetadataInForce {
-                http_tokens: Some("optional".into()),
+                http_tokens: Some("optional"),
                 hop_limit: Some(2),
                 ..Default::default()
             };
@@ -2519,8 +2519,7 @@ mod tests {
             assert_eq!(plan_for(&wanted, Some(&done), &[]), vec![], "{state:?}: settled");
         }
         let back = spec().setting(|s| s.monitoring = Some(Monitoring::Basic));
-        let detailed =
-            instance_for(&spec(), InstanceState::Running).with_details(|d| d.monitoring = Some("pending".into()));
+        let detailed = instance_for(&spec(), InstanceState::Running).with_details(|d| d.monitoring = Some("pending"));
         assert_eq!(
             plan_for(&back, Some(&detailed), &[]),
             vec![modify(Change::Monitoring(false))]

@@ -35,7 +35,7 @@ use crate::error::{AwsFault, Error, Result};
 use crate::metrics::Metrics;
 use crate::model::{
     Change, Details, Hidden, HiddenWanted, InstanceState, LaunchOptions, LaunchRequest, MetadataInForce,
-    ObservedInstance, RootVolumeRequest, Step, TAG_USER_DATA_SHA256,
+    ObservedInstance, RootVolumeRequest, Step, TAG_USER_DATA_SHA256, ec2_word,
 };
 
 /// When the operator last changed each instance, across regions. The inventory distrusts a poll
@@ -666,10 +666,10 @@ impl Ec2 {
                 self.client
                     .modify_instance_metadata_options()
                     .instance_id(id)
-                    .set_http_tokens(m.http_tokens.as_deref().map(HttpTokensState::from))
+                    .set_http_tokens(m.http_tokens.map(HttpTokensState::from))
                     .set_http_put_response_hop_limit(m.hop_limit)
-                    .set_http_endpoint(m.http_endpoint.as_deref().map(InstanceMetadataEndpointState::from))
-                    .set_instance_metadata_tags(m.instance_tags.as_deref().map(InstanceMetadataTagsState::from))
+                    .set_http_endpoint(m.http_endpoint.map(InstanceMetadataEndpointState::from))
+                    .set_instance_metadata_tags(m.instance_tags.map(InstanceMetadataTagsState::from))
                     .send()
                     .await
                     .map(drop)
@@ -1141,7 +1141,7 @@ fn details(instance: &aws_sdk_ec2::types::Instance) -> Details {
         .iter()
         .find(|n| n.attachment().and_then(|a| a.device_index()) == Some(0));
     Details {
-        lifecycle: instance.instance_lifecycle().map(|l| l.as_str().to_owned()),
+        lifecycle: instance.instance_lifecycle().map(|l| ec2_word(l.as_str())),
         spot_request_id: non_empty(instance.spot_instance_request_id()),
         network_interface_id: primary.and_then(|n| non_empty(n.network_interface_id())),
         volumes: instance
@@ -1151,16 +1151,16 @@ fn details(instance: &aws_sdk_ec2::types::Instance) -> Details {
             .collect(),
         root_device_name: non_empty(instance.root_device_name()),
         metadata: instance.metadata_options().map(|m| MetadataInForce {
-            http_tokens: m.http_tokens().map(|v| v.as_str().to_owned()),
+            http_tokens: m.http_tokens().map(|v| ec2_word(v.as_str())),
             hop_limit: m.http_put_response_hop_limit(),
-            http_endpoint: m.http_endpoint().map(|v| v.as_str().to_owned()),
-            instance_tags: m.instance_metadata_tags().map(|v| v.as_str().to_owned()),
-            state: m.state().map(|v| v.as_str().to_owned()),
+            http_endpoint: m.http_endpoint().map(|v| ec2_word(v.as_str())),
+            instance_tags: m.instance_metadata_tags().map(|v| ec2_word(v.as_str())),
+            state: m.state().map(|v| ec2_word(v.as_str())),
         }),
         monitoring: instance
             .monitoring()
             .and_then(|m| m.state())
-            .map(|s| s.as_str().to_owned()),
+            .map(|s| ec2_word(s.as_str())),
         ebs_optimized: instance.ebs_optimized(),
         source_dest_check: instance.source_dest_check(),
         iam_profile_arn: instance.iam_instance_profile().and_then(|p| non_empty(p.arn())),

@@ -168,32 +168,23 @@ pub fn instance_for(spec: &Ec2InstanceSpec, state: InstanceState) -> ObservedIns
 fn details_for(spec: &Ec2InstanceSpec) -> Details {
     let metadata = spec.metadata_options.clone().unwrap_or_default();
     Details {
-        lifecycle: spec.spot.as_ref().map(|_| "spot".into()),
+        lifecycle: spec.spot.as_ref().map(|_| "spot"),
         spot_request_id: spec.spot.as_ref().map(|_| "sir-0123abcd".into()),
         network_interface_id: Some("eni-0123456789abcdef0".into()),
         volumes: vec![("/dev/xvda".into(), "vol-0123456789abcdef0".into())],
         root_device_name: Some("/dev/xvda".into()),
         metadata: Some(MetadataInForce {
-            http_tokens: Some(metadata.http_tokens.unwrap_or(HttpTokens::Required).as_ec2().into()),
+            http_tokens: Some(metadata.http_tokens.unwrap_or(HttpTokens::Required).as_ec2()),
             hop_limit: Some(metadata.http_put_response_hop_limit.unwrap_or(1)),
-            http_endpoint: Some(metadata.http_endpoint.unwrap_or(Switch::Enabled).as_ec2().into()),
-            instance_tags: Some(
-                metadata
-                    .instance_metadata_tags
-                    .unwrap_or(Switch::Disabled)
-                    .as_ec2()
-                    .into(),
-            ),
-            state: Some("applied".into()),
+            http_endpoint: Some(metadata.http_endpoint.unwrap_or(Switch::Enabled).as_ec2()),
+            instance_tags: Some(metadata.instance_metadata_tags.unwrap_or(Switch::Disabled).as_ec2()),
+            state: Some("applied"),
         }),
-        monitoring: Some(
-            if spec.monitoring == Some(Monitoring::Detailed) {
-                "enabled"
-            } else {
-                "disabled"
-            }
-            .into(),
-        ),
+        monitoring: Some(if spec.monitoring == Some(Monitoring::Detailed) {
+            "enabled"
+        } else {
+            "disabled"
+        }),
         ebs_optimized: Some(spec.ebs_optimized.unwrap_or(false)),
         source_dest_check: Some(spec.source_dest_check.unwrap_or(true)),
         iam_profile_arn: spec
@@ -227,7 +218,7 @@ impl ObservedInstance {
     }
     /// What the reconcile read of the attributes DescribeInstances does not show.
     pub fn with_hidden(mut self, hidden: Hidden) -> Self {
-        self.details.hidden = Some(hidden);
+        self.details.hidden = Some(Box::new(hidden));
         self
     }
     pub fn with_details(mut self, change: impl FnOnce(&mut Details)) -> Self {

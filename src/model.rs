@@ -104,7 +104,7 @@ pub struct ObservedInstance {
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct Details {
     /// `spot`, or `None` for on-demand.
-    pub lifecycle: Option<String>,
+    pub lifecycle: Option<&'static str>,
     pub spot_request_id: Option<String>,
     /// The primary (device index 0) network interface.
     pub network_interface_id: Option<String>,
@@ -113,22 +113,44 @@ pub struct Details {
     pub root_device_name: Option<String>,
     pub metadata: Option<MetadataInForce>,
     /// `disabled`, `enabled`, `pending` or `disabling`.
-    pub monitoring: Option<String>,
+    pub monitoring: Option<&'static str>,
     pub ebs_optimized: Option<bool>,
     pub source_dest_check: Option<bool>,
     pub iam_profile_arn: Option<String>,
-    /// Attributes DescribeInstances does not show, when the reconcile read them.
-    pub hidden: Option<Hidden>,
+    /// Attributes DescribeInstances does not show, when the reconcile read them (boxed: the
+    /// inventory holds every instance of the fleet, and few carry these).
+    pub hidden: Option<Box<Hidden>>,
+}
+
+/// EC2's word for a value the operator keeps per instance (`required`, `enabled`, `spot`...), as
+/// a static string: the inventory holds every instance of the fleet, and each of these would
+/// otherwise be an allocation. A word not known here is kept as `unknown`, which differs from
+/// every value a spec can ask for.
+pub fn ec2_word(value: &str) -> &'static str {
+    const WORDS: [&str; 11] = [
+        "required",
+        "optional",
+        "enabled",
+        "disabled",
+        "pending",
+        "applied",
+        "disabling",
+        "spot",
+        "scheduled",
+        "capacity-block",
+        "interruptible-capacity-reservation",
+    ];
+    WORDS.into_iter().find(|w| *w == value).unwrap_or("unknown")
 }
 
 /// IMDS settings in EC2's words (`required`, `enabled`, ...).
 #[derive(Clone, Debug, PartialEq, Default)]
 pub struct MetadataInForce {
-    pub http_tokens: Option<String>,
+    pub http_tokens: Option<&'static str>,
     pub hop_limit: Option<i32>,
-    pub http_endpoint: Option<String>,
-    pub instance_tags: Option<String>,
-    pub state: Option<String>,
+    pub http_endpoint: Option<&'static str>,
+    pub instance_tags: Option<&'static str>,
+    pub state: Option<&'static str>,
 }
 
 /// Attributes that cost a call of their own per instance (DescribeInstanceAttribute,
@@ -489,23 +511,18 @@ impl Change {
 
     /// The instance's details as EC2 shows them once the change is made.
     fn apply_to(&self, details: &mut Details) {
-        let hidden = details.hidden.get_or_insert_with(Hidden::default);
+        let hidden = details.hidden.get_or_insert_with(Box::default);
         match self {
             Change::MetadataOptions(wanted) => {
                 let metadata = details.metadata.get_or_insert_with(MetadataInForce::default);
-                let merge = |have: &mut Option<String>, want: &Option<String>| {
-                    if want.is_some() {
-                        have.clone_from(want);
-                    }
-                };
-                merge(&mut metadata.http_tokens, &wanted.http_tokens);
-                merge(&mut metadata.http_endpoint, &wanted.http_endpoint);
-                merge(&mut metadata.instance_tags, &wanted.instance_tags);
+                metadata.http_tokens = wanted.http_tokens.or(metadata.http_tokens);
+                metadata.http_endpoint = wanted.http_endpoint.or(metadata.http_endpoint);
+                metadata.instance_tags = wanted.instance_tags.or(metadata.instance_tags);
                 if wanted.hop_limit.is_some() {
                     metadata.hop_limit = wanted.hop_limit;
                 }
             }
-            Change::Monitoring(on) => details.monitoring = Some(if *on { "enabled" } else { "disabled" }.into()),
+            Change::Monitoring(on) => details.monitoring = Some(if *on { "enabled" } else { "disabled" }),
             Change::TerminationProtection(on) => hidden.termination_protection = Some(*on),
             Change::StopProtection(on) => hidden.stop_protection = Some(*on),
             Change::ShutdownBehavior(value) => hidden.shutdown_behavior = Some(value.clone()),

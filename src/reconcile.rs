@@ -236,7 +236,7 @@ impl<'a> Reconciler<'a> {
             self.ctx.timing.attribute_check_interval,
         );
         if let (Some(wanted), Some(instance)) = (hidden, observed.as_mut()) {
-            instance.details.hidden = Some(self.ec2.read_hidden(instance, wanted).await?);
+            instance.details.hidden = Some(Box::new(self.ec2.read_hidden(instance, wanted).await?));
         }
         let (replaced, duplicates) = decide::replaced_and_duplicates(&desired, extras, &self.recorded);
         self.report_duplicates(observed.as_ref(), &duplicates).await;
