@@ -179,7 +179,7 @@ pub struct Ec2InstanceSpec {
     /// Launch template to start from; the fields of this spec override the template's. With a
     /// template and no `metadataOptions`, the template's IMDS settings apply. Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub launch_template: Option<LaunchTemplate>,
+    pub launch_template: Option<Box<LaunchTemplate>>,
 
     /// Extra EBS volumes attached at launch (the root volume is `rootVolume`). Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -189,24 +189,24 @@ pub struct Ec2InstanceSpec {
     /// The primary network interface: a public IP, a fixed private IP, more private or IPv6
     /// addresses. Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub network_interface: Option<NetworkInterface>,
+    pub network_interface: Option<Box<NetworkInterface>>,
 
     /// Availability zone, tenancy and placement group. Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub placement: Option<Placement>,
+    pub placement: Option<Box<Placement>>,
 
     /// Run as a Spot instance. An instance EC2 interrupts is replaced (Warning `SpotInterrupted`),
     /// with the same backoff as other replacements. Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub spot: Option<Spot>,
+    pub spot: Option<Box<Spot>>,
 
     /// Which capacity reservation the instance may use. Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub capacity_reservation: Option<CapacityReservation>,
+    pub capacity_reservation: Option<Box<CapacityReservation>>,
 
     /// CPU cores and threads per core. Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cpu_options: Option<CpuOptions>,
+    pub cpu_options: Option<Box<CpuOptions>>,
 
     /// Configure the instance for hibernation (needs an encrypted root volume). Launch-only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -219,7 +219,7 @@ pub struct Ec2InstanceSpec {
     /// Instance metadata service (IMDS) settings, changed in place. Each field left out is left as
     /// EC2 has it. Without this field instances launch with IMDSv2 required and the endpoint on.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_options: Option<MetadataOptions>,
+    pub metadata_options: Option<Box<MetadataOptions>>,
 
     /// `Detailed` (1-minute CloudWatch metrics, billed) or `Basic`. Changed in place.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -709,7 +709,7 @@ pub struct Ec2InstanceStatus {
     /// The IMDS settings in force, as EC2 reports them (`state` is `pending` while a change
     /// is applied).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub metadata_options: Option<MetadataOptionsInForce>,
+    pub metadata_options: Option<Box<MetadataOptionsInForce>>,
     /// CloudWatch monitoring as EC2 reports it: `disabled`, `enabled`, `pending` or `disabling`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub monitoring: Option<String>,
@@ -727,7 +727,7 @@ pub struct Ec2InstanceStatus {
     /// `shutdownBehavior`, `creditSpecification`, `rootVolume.sizeGiB`), as last verified on this
     /// instance: read again when the spec changes them and every `--attribute-check-seconds`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub attributes: Option<VerifiedAttributes>,
+    pub attributes: Option<Box<VerifiedAttributes>>,
     /// The `metadata.generation` this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,

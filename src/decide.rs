@@ -2488,11 +2488,11 @@ mod tests {
             .setting(|s| s.monitoring = Some(Monitoring::Detailed))
             .setting(|s| s.source_dest_check = Some(false))
             .setting(|s| {
-                s.metadata_options = Some(MetadataOptions {
+                s.metadata_options = Some(Box::new(MetadataOptions {
                     http_tokens: Some(HttpTokens::Optional),
                     http_put_response_hop_limit: Some(2),
                     ..Default::default()
-                })
+                }))
             });
         for (state, want) in [
             (InstanceState::Running, DesiredState::Running),
@@ -2726,20 +2726,20 @@ mod tests {
 
     #[test]
     fn a_launch_carries_the_launch_only_fields_and_the_initial_live_ones() {
-        use crate::crd::{NetworkInterface, Placement, Spot, Tenancy};
+        use crate::crd::{NetworkInterface, Placement, Tenancy};
         let full = spec()
-            .setting(|s| s.spot = Some(Spot::default()))
+            .setting(|s| s.spot = Some(Box::default()))
             .setting(|s| {
-                s.placement = Some(Placement {
+                s.placement = Some(Box::new(Placement {
                     tenancy: Some(Tenancy::Dedicated),
                     ..Default::default()
-                })
+                }))
             })
             .setting(|s| {
-                s.network_interface = Some(NetworkInterface {
+                s.network_interface = Some(Box::new(NetworkInterface {
                     associate_public_ip: Some(true),
                     ..Default::default()
-                })
+                }))
             })
             .setting(|s| s.monitoring = Some(Monitoring::Detailed))
             .setting(|s| s.hibernation = Some(false));

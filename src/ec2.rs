@@ -456,10 +456,10 @@ impl Ec2 {
             .tag_specifications(tag_specification(ResourceType::Instance, &r.tags))
             .tag_specifications(tag_specification(ResourceType::Volume, &r.tags))
             .set_metadata_options(launch_metadata_options(o))
-            .set_launch_template(o.launch_template.as_ref().map(launch_template))
-            .set_placement(o.placement.as_ref().map(placement))
-            .set_instance_market_options(o.spot.as_ref().map(spot))
-            .set_capacity_reservation_specification(o.capacity_reservation.as_ref().map(capacity_reservation))
+            .set_launch_template(o.launch_template.as_deref().map(launch_template))
+            .set_placement(o.placement.as_deref().map(placement))
+            .set_instance_market_options(o.spot.as_deref().map(spot))
+            .set_capacity_reservation_specification(o.capacity_reservation.as_deref().map(capacity_reservation))
             .set_cpu_options(o.cpu_options.as_ref().map(|c| {
                 CpuOptionsRequest::builder()
                     .core_count(c.core_count)
@@ -923,7 +923,7 @@ impl Ec2 {
 /// template's apply).
 fn launch_metadata_options(o: &LaunchOptions) -> Option<InstanceMetadataOptionsRequest> {
     let m = match &o.metadata_options {
-        Some(m) => m.clone(),
+        Some(m) => (**m).clone(),
         None if o.launch_template.is_some() => return None,
         None => crd::MetadataOptions::default(),
     };
@@ -1460,10 +1460,10 @@ mod tests {
             subnet_id: Some("subnet-0123abcd".into()),
             security_group_ids: Some(vec!["sg-0123abcd".into()]),
             options: LaunchOptions {
-                network_interface: Some(NetworkInterface {
+                network_interface: Some(Box::new(NetworkInterface {
                     associate_public_ip: Some(true),
                     ..Default::default()
-                }),
+                })),
                 ..Default::default()
             },
             ..Default::default()

@@ -228,7 +228,7 @@ impl<'a> Reconciler<'a> {
         let (mut observed, extras) = self.choose(found);
         let desired = self.desired();
         let now = jiff::Timestamp::now();
-        let verified = self.obj.status.as_ref().and_then(|s| s.attributes.as_ref());
+        let verified = self.obj.status.as_ref().and_then(|s| s.attributes.as_deref());
         let hidden = desired.hidden_to_read(
             observed.as_ref(),
             verified,
@@ -285,10 +285,10 @@ impl<'a> Reconciler<'a> {
         status.applied_iam_instance_profile = self.obj.spec.iam_instance_profile.clone();
         if let Some(instance) = observed.as_ref().filter(|_| hidden.is_some()) {
             // Read and, by the steps just carried out, made as the spec says.
-            status.attributes = Some(VerifiedAttributes {
+            status.attributes = Some(Box::new(VerifiedAttributes {
                 sha256: desired.hidden_sha256(&instance.id),
                 verified_at: now.to_string(),
-            });
+            }));
         }
         status.replacement = replacing.map(status::replacement);
         status.plan = plan;

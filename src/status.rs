@@ -64,12 +64,14 @@ pub fn next_status(
             spot_instance_request_id: i.details.spot_request_id.clone(),
             network_interface_id: i.details.network_interface_id.clone(),
             volumes: volumes(i),
-            metadata_options: i.details.metadata.as_ref().map(|m| MetadataOptionsInForce {
-                http_tokens: m.http_tokens.map(str::to_owned),
-                http_put_response_hop_limit: m.hop_limit,
-                http_endpoint: m.http_endpoint.map(str::to_owned),
-                instance_metadata_tags: m.instance_tags.map(str::to_owned),
-                state: m.state.map(str::to_owned),
+            metadata_options: i.details.metadata.as_ref().map(|m| {
+                Box::new(MetadataOptionsInForce {
+                    http_tokens: m.http_tokens.map(str::to_owned),
+                    http_put_response_hop_limit: m.hop_limit,
+                    http_endpoint: m.http_endpoint.map(str::to_owned),
+                    instance_metadata_tags: m.instance_tags.map(str::to_owned),
+                    state: m.state.map(str::to_owned),
+                })
             }),
             monitoring: i.details.monitoring.map(str::to_owned),
             iam_instance_profile_arn: i.details.iam_profile_arn.clone(),
