@@ -111,6 +111,7 @@ async fn bench_fleet() {
     report.insert("create_status_writes", json!(create.status_writes));
     report.insert("create_cpu_seconds", json!(create.cpu_seconds));
     report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    report.insert("peak_rss_mib_after_create", json!(ours.process().hwm_mib));
     save(&report);
 
     let steady = ours.steady(&bed, settings.settle, settings.steady).await;
@@ -120,6 +121,7 @@ async fn bench_fleet() {
     report.insert("steady_status_writes", json!(steady.status_writes));
     report.insert("cpu_seconds_steady_per_minute", json!(steady.cpu_per_minute()));
     report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    report.insert("peak_rss_mib_after_steady", json!(ours.process().hwm_mib));
     save(&report);
 
     let drift = ours.drift(&bed, settings.drift_window).await;
@@ -128,6 +130,7 @@ async fn bench_fleet() {
     report.insert("drift_repair_seconds", json!(drift.seconds));
     report.insert("drift_calls", json!(drift.calls));
     report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    report.insert("peak_rss_mib_after_drift", json!(ours.process().hwm_mib));
     save(&report);
 
     let delete = ours.delete_all(&bed).await;
@@ -138,6 +141,7 @@ async fn bench_fleet() {
     );
     report.insert("delete_calls", json!(delete.calls));
     report.insert("peak_rss_mib", json!(ours.process().hwm_mib));
+    report.insert("peak_rss_mib_after_delete", json!(ours.process().hwm_mib));
     report.insert("localstack_instances_at_end", json!(localstack_instances(&bed).await));
     drop(ours);
     save(&report);
