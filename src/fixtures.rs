@@ -244,6 +244,15 @@ pub struct ApiServer {
 impl ApiServer {
     /// A client for the mock, and the mock answering as if `obj` were stored.
     pub fn start(obj: Ec2Instance) -> (kube::Client, ApiServer) {
+        Self::serve(obj, false)
+    }
+
+    /// The same, once `obj` is gone from the API server: a read of it answers 404.
+    pub fn start_deleted(obj: Ec2Instance) -> (kube::Client, ApiServer) {
+        Self::serve(obj, true)
+    }
+
+    fn serve(obj: Ec2Instance, deleted: bool) -> (kube::Client, ApiServer) {
         use kube::client::Body;
         let (service, mut handle) = tower_test::mock::pair::<http::Request<Body>, http::Response<Body>>();
         let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -258,6 +267,14 @@ impl ApiServer {
                     .lock()
                     .unwrap()
                     .push((parts.method.clone(), path.clone(), body.clone()));
+                if deleted && parts.method == http::Method::GET && path.ends_with("/ec2instances/web") {
+                    let gone = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure",
+                        "reason": "NotFound", "code": 404, "message": "ec2instances.k106.com \"web\" not found"});
+                    let mut response = http::Response::new(Body::from(serde_json::to_vec(&gone).unwrap()));
+                    *response.status_mut() = http::StatusCode::NOT_FOUND;
+                    respond.send_response(response);
+                    continue;
+                }
                 let answer = if path.contains("/events") {
                     body
                 } else {

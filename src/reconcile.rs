@@ -250,6 +250,9 @@ impl<'a> Reconciler<'a> {
         if decide::held_back(&steps, &self.recorded) {
             return Ok(Action::await_change());
         }
+        if steps.iter().any(Step::launches) && !self.still_wanted().await? {
+            return Ok(Action::await_change());
+        }
         if let Some((reason, note)) = decide::drift(steady, observed.as_ref(), &steps) {
             for kind in decide::drift_repairs(&self.obj.spec, observed.as_ref(), &steps) {
                 self.ctx.metrics.drift_repaired(kind);
@@ -353,6 +356,14 @@ impl<'a> Reconciler<'a> {
         status.plan = plan;
         status::write(&self.api, &self.obj, status).await?;
         Ok(Action::requeue(self.ctx.timing.poll_interval))
+    }
+
+    /// Whether the API server still has this object, not being deleted, right before a launch. The
+    /// store can lag: a reconcile queued by an earlier change may run after the deletion's cleanup
+    /// released the object, and would launch an instance nothing owns. One read per launch.
+    async fn still_wanted(&self) -> Result<bool> {
+        let current = self.api.get_opt(&self.obj.name_any()).await?;
+        Ok(current.is_some_and(|now| now.uid() == self.obj.uid() && now.metadata.deletion_timestamp.is_none()))
     }
 
     /// The instance this object names (status, else the adoption annotation), else its own.
@@ -781,6 +792,27 @@ mod tests {
         DescribeInstancesOutput::builder()
             .reservations(Reservation::builder().set_instances(Some(instances)).build())
             .build()
+    }
+
+    #[tokio::test]
+    async fn a_reconcile_of_an_object_the_api_server_no_longer_has_launches_nothing() {
+        // The store still holds the object as it was before a deletion whose cleanup already
+        // released it: the API server answers 404.
+        let obj = Ec2Instance::test().finalized();
+        let poll = mock!(aws_sdk_ec2::Client::describe_instances)
+            .match_requests(fleet_poll)
+            .then_output(|| described(vec![]));
+        let launch = mock!(aws_sdk_ec2::Client::run_instances).then_output(|| RunInstancesOutput::builder().build());
+        let ec2 = mock_client!(aws_sdk_ec2, RuleMode::MatchAny, [&poll, &launch]);
+        let (client, server) = ApiServer::start_deleted(obj.clone());
+
+        let action = reconcile(Arc::new(obj), polled(context(client, ec2)).await)
+            .await
+            .unwrap();
+
+        assert_eq!(launch.num_calls(), 0, "no instance for an object that is gone");
+        assert_eq!(action, Action::await_change());
+        assert!(server.status_patches().is_empty());
     }
 
     #[tokio::test]

@@ -53,7 +53,13 @@ async fn chaos_many_objects_faults_kills_and_restarts_end_with_one_instance_each
     println!("fault-free: {calm:?}");
 
     fastrand::seed(seed);
+    // AWS shows a terminated instance for about an hour; the operator waits up to
+    // VISIBILITY_GRACE (600 s) for an instance it launched but never saw. With the bed's 60 s a
+    // deletion whose terminate answer was dropped, slowed by kills and freezes past that minute,
+    // found its instance forgotten and waited out the whole grace.
     let proxy = FaultyEc2::start(&[
+        "--terminated-seconds",
+        "900",
         "--fault-rate",
         "0.15",
         "--drop-rate",
