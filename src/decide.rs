@@ -2532,6 +2532,18 @@ mod tests {
     }
 
     #[test]
+    fn the_preview_of_an_in_place_change_invents_no_change_of_attributes_it_did_not_read() {
+        let wanted = spec()
+            .setting(|s| s.monitoring = Some(Monitoring::Detailed))
+            .setting(|s| s.termination_protection = Some(true));
+        let unread = instance_for(&spec(), InstanceState::Running);
+        assert_eq!(
+            preview_for(&wanted, Some(&unread), &[]).as_deref(),
+            Some("set monitoring Detailed")
+        );
+    }
+
+    #[test]
     fn ebs_optimization_changes_on_a_stopped_instance_like_the_type() {
         let optimized = spec().setting(|s| s.ebs_optimized = Some(true));
         let running = instance_for(&spec(), InstanceState::Running);

@@ -511,25 +511,29 @@ impl Change {
 
     /// The instance's details as EC2 shows them once the change is made.
     fn apply_to(&self, details: &mut Details) {
-        let hidden = details.hidden.get_or_insert_with(Box::default);
+        // Only a change of a hidden attribute says anything about the hidden ones: an instance
+        // whose hidden attributes were not read stays unread.
+        fn hidden(details: &mut Details) -> &mut Hidden {
+            details.hidden.get_or_insert_with(Box::default)
+        }
         match self {
             Change::MetadataOptions(wanted) => {
                 let metadata = details.metadata.get_or_insert_with(MetadataInForce::default);
                 metadata.http_tokens = wanted.http_tokens.or(metadata.http_tokens);
                 metadata.http_endpoint = wanted.http_endpoint.or(metadata.http_endpoint);
                 metadata.instance_tags = wanted.instance_tags.or(metadata.instance_tags);
-                if wanted.hop_limit.is_some() {
-                    metadata.hop_limit = wanted.hop_limit;
-                }
+                metadata.hop_limit = wanted.hop_limit.or(metadata.hop_limit);
             }
             Change::Monitoring(on) => details.monitoring = Some(if *on { "enabled" } else { "disabled" }),
-            Change::TerminationProtection(on) => hidden.termination_protection = Some(*on),
-            Change::StopProtection(on) => hidden.stop_protection = Some(*on),
-            Change::ShutdownBehavior(value) => hidden.shutdown_behavior = Some(value.clone()),
+            Change::TerminationProtection(on) => hidden(details).termination_protection = Some(*on),
+            Change::StopProtection(on) => hidden(details).stop_protection = Some(*on),
+            Change::ShutdownBehavior(value) => hidden(details).shutdown_behavior = Some(value.clone()),
             Change::SourceDestCheck(on) => details.source_dest_check = Some(*on),
-            Change::CreditSpecification(value) => hidden.credit_specification = Some(value.clone()),
+            Change::CreditSpecification(value) => hidden(details).credit_specification = Some(value.clone()),
             Change::IamInstanceProfile(profile) => details.iam_profile_arn = profile.clone(),
-            Change::RootVolumeSize { volume_id, size_gib } => hidden.root_volume = Some((volume_id.clone(), *size_gib)),
+            Change::RootVolumeSize { volume_id, size_gib } => {
+                hidden(details).root_volume = Some((volume_id.clone(), *size_gib))
+            }
             Change::EbsOptimized(on) => details.ebs_optimized = Some(*on),
             Change::CancelSpotRequest(_) => details.spot_request_id = None,
         }
