@@ -227,6 +227,19 @@ impl Ec2 {
         self.metrics.ec2_request(operation);
     }
 
+    /// One EC2 request: counted, sent, and a failure reduced to an [`AwsFault`] of `operation`.
+    async fn call<T, E>(
+        &self,
+        operation: &'static str,
+        request: impl std::future::Future<Output = Result<T, SdkError<E, HttpResponse>>>,
+    ) -> Result<T>
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        self.count(operation);
+        request.await.map_err(|e| fault(operation, e))
+    }
+
     /// Instances by id; ids EC2 does not know are simply absent from the answer.
     pub async fn describe_by_ids(&self, ids: &[String]) -> Result<Vec<ObservedInstance>> {
         if ids.is_empty() {
@@ -387,14 +400,12 @@ impl Ec2 {
 
     /// The AMI's root device name, needed to size or encrypt the root volume.
     async fn root_device_name(&self, image_id: &str) -> Result<String> {
-        self.count("DescribeImages");
         let out = self
-            .client
-            .describe_images()
-            .image_ids(image_id)
-            .send()
-            .await
-            .map_err(|e| fault("DescribeImages", e))?;
+            .call(
+                "DescribeImages",
+                self.client.describe_images().image_ids(image_id).send(),
+            )
+            .await?;
         out.images()
             .first()
             .and_then(|image| image.root_device_name())
@@ -433,8 +444,7 @@ impl Ec2 {
             Some(nic) => (None, None, Some(vec![network_interface(nic, subnet_id, groups)])),
             None => (subnet_id, groups, None),
         };
-        self.count("RunInstances");
-        let out = self
+        let request = self
             .client
             .run_instances()
             .client_token(&r.client_token)
@@ -484,9 +494,8 @@ impl Ec2 {
                     .map(|c| CreditSpecificationRequest::builder().cpu_credits(c.as_ec2()).build()),
             )
             .set_ebs_optimized(o.ebs_optimized)
-            .send()
-            .await
-            .map_err(|e| fault("RunInstances", e))?;
+            .send();
+        let out = self.call("RunInstances", request).await?;
         let mut launched = out.instances().iter().find_map(observe).ok_or_else(|| {
             Error::Aws(AwsFault {
                 operation: "RunInstances",
@@ -529,14 +538,12 @@ impl Ec2 {
         if let Some(zone) = zone {
             filters.push(Filter::builder().name("availability-zone").values(zone).build());
         }
-        self.count("DescribeSubnets");
         let out = self
-            .client
-            .describe_subnets()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .map_err(|e| fault("DescribeSubnets", e))?;
+            .call(
+                "DescribeSubnets",
+                self.client.describe_subnets().set_filters(Some(filters)).send(),
+            )
+            .await?;
         out.subnets()
             .iter()
             .filter(|s| s.subnet_id().is_some())
@@ -559,14 +566,12 @@ impl Ec2 {
         if let Some(vpc) = vpc {
             filters.push(Filter::builder().name("vpc-id").values(vpc).build());
         }
-        self.count("DescribeSecurityGroups");
         let out = self
-            .client
-            .describe_security_groups()
-            .set_filters(Some(filters))
-            .send()
-            .await
-            .map_err(|e| fault("DescribeSecurityGroups", e))?;
+            .call(
+                "DescribeSecurityGroups",
+                self.client.describe_security_groups().set_filters(Some(filters)).send(),
+            )
+            .await?;
         let mut ids: Vec<String> = out
             .security_groups()
             .iter()
@@ -604,14 +609,15 @@ impl Ec2 {
                 .map(str::to_owned);
         }
         if wanted.credit_specification {
-            self.count("DescribeInstanceCreditSpecifications");
             let out = self
-                .client
-                .describe_instance_credit_specifications()
-                .instance_ids(id)
-                .send()
-                .await
-                .map_err(|e| fault("DescribeInstanceCreditSpecifications", e))?;
+                .call(
+                    "DescribeInstanceCreditSpecifications",
+                    self.client
+                        .describe_instance_credit_specifications()
+                        .instance_ids(id)
+                        .send(),
+                )
+                .await?;
             hidden.credit_specification = out
                 .instance_credit_specifications()
                 .first()
@@ -626,14 +632,12 @@ impl Ec2 {
         if wanted.root_volume_size
             && let Some((_, volume_id)) = root
         {
-            self.count("DescribeVolumes");
             let out = self
-                .client
-                .describe_volumes()
-                .volume_ids(volume_id)
-                .send()
-                .await
-                .map_err(|e| fault("DescribeVolumes", e))?;
+                .call(
+                    "DescribeVolumes",
+                    self.client.describe_volumes().volume_ids(volume_id).send(),
+                )
+                .await?;
             hidden.root_volume = out
                 .volumes()
                 .first()
@@ -648,53 +652,48 @@ impl Ec2 {
         id: &str,
         name: InstanceAttributeName,
     ) -> Result<aws_sdk_ec2::operation::describe_instance_attribute::DescribeInstanceAttributeOutput> {
-        self.count("DescribeInstanceAttribute");
-        self.client
-            .describe_instance_attribute()
-            .instance_id(id)
-            .attribute(name)
-            .send()
-            .await
-            .map_err(|e| fault("DescribeInstanceAttribute", e))
+        self.call(
+            "DescribeInstanceAttribute",
+            self.client
+                .describe_instance_attribute()
+                .instance_id(id)
+                .attribute(name)
+                .send(),
+        )
+        .await
     }
 
     /// One attribute change, by the EC2 call that makes it.
     async fn modify(&self, id: &str, change: &Change) -> Result<()> {
         match change {
-            Change::MetadataOptions(m) => {
-                self.count("ModifyInstanceMetadataOptions");
-                self.client
-                    .modify_instance_metadata_options()
-                    .instance_id(id)
-                    .set_http_tokens(m.http_tokens.map(HttpTokensState::from))
-                    .set_http_put_response_hop_limit(m.hop_limit)
-                    .set_http_endpoint(m.http_endpoint.map(InstanceMetadataEndpointState::from))
-                    .set_instance_metadata_tags(m.instance_tags.map(InstanceMetadataTagsState::from))
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("ModifyInstanceMetadataOptions", e))
-            }
-            Change::Monitoring(true) => {
-                self.count("MonitorInstances");
-                self.client
-                    .monitor_instances()
-                    .instance_ids(id)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("MonitorInstances", e))
-            }
-            Change::Monitoring(false) => {
-                self.count("UnmonitorInstances");
-                self.client
-                    .unmonitor_instances()
-                    .instance_ids(id)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("UnmonitorInstances", e))
-            }
+            Change::MetadataOptions(m) => self
+                .call(
+                    "ModifyInstanceMetadataOptions",
+                    self.client
+                        .modify_instance_metadata_options()
+                        .instance_id(id)
+                        .set_http_tokens(m.http_tokens.map(HttpTokensState::from))
+                        .set_http_put_response_hop_limit(m.hop_limit)
+                        .set_http_endpoint(m.http_endpoint.map(InstanceMetadataEndpointState::from))
+                        .set_instance_metadata_tags(m.instance_tags.map(InstanceMetadataTagsState::from))
+                        .send(),
+                )
+                .await
+                .map(drop),
+            Change::Monitoring(true) => self
+                .call(
+                    "MonitorInstances",
+                    self.client.monitor_instances().instance_ids(id).send(),
+                )
+                .await
+                .map(drop),
+            Change::Monitoring(false) => self
+                .call(
+                    "UnmonitorInstances",
+                    self.client.unmonitor_instances().instance_ids(id).send(),
+                )
+                .await
+                .map(drop),
             Change::TerminationProtection(on) => {
                 self.modify_attribute(id, |call| call.disable_api_termination(boolean(*on)))
                     .await
@@ -729,35 +728,32 @@ impl Ec2 {
                 }
             }
             Change::IamInstanceProfile(profile) => self.set_instance_profile(id, profile.as_deref()).await,
-            Change::RootVolumeSize { volume_id, size_gib } => {
-                self.count("ModifyVolume");
-                self.client
-                    .modify_volume()
-                    .volume_id(volume_id)
-                    .size(*size_gib)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("ModifyVolume", e))
-            }
+            Change::RootVolumeSize { volume_id, size_gib } => self
+                .call(
+                    "ModifyVolume",
+                    self.client.modify_volume().volume_id(volume_id).size(*size_gib).send(),
+                )
+                .await
+                .map(drop),
         }
     }
 
     /// ModifyInstanceCreditSpecification answers a refusal inside a successful response.
     async fn modify_credits(&self, id: &str, credits: &str) -> Result<()> {
-        self.count("ModifyInstanceCreditSpecification");
         let out = self
-            .client
-            .modify_instance_credit_specification()
-            .instance_credit_specifications(
-                InstanceCreditSpecificationRequest::builder()
-                    .instance_id(id)
-                    .cpu_credits(credits)
-                    .build(),
+            .call(
+                "ModifyInstanceCreditSpecification",
+                self.client
+                    .modify_instance_credit_specification()
+                    .instance_credit_specifications(
+                        InstanceCreditSpecificationRequest::builder()
+                            .instance_id(id)
+                            .cpu_credits(credits)
+                            .build(),
+                    )
+                    .send(),
             )
-            .send()
-            .await
-            .map_err(|e| fault("ModifyInstanceCreditSpecification", e))?;
+            .await?;
         match out
             .unsuccessful_instance_credit_specifications()
             .first()
@@ -775,106 +771,92 @@ impl Ec2 {
 
     /// Associate `profile`, replace the current association with it, or (`None`) disassociate.
     async fn set_instance_profile(&self, id: &str, profile: Option<&str>) -> Result<()> {
-        self.count("DescribeIamInstanceProfileAssociations");
         let out = self
-            .client
-            .describe_iam_instance_profile_associations()
-            .filters(Filter::builder().name("instance-id").values(id).build())
-            .filters(
-                Filter::builder()
-                    .name("state")
-                    .values("associating")
-                    .values("associated")
-                    .build(),
+            .call(
+                "DescribeIamInstanceProfileAssociations",
+                self.client
+                    .describe_iam_instance_profile_associations()
+                    .filters(Filter::builder().name("instance-id").values(id).build())
+                    .filters(
+                        Filter::builder()
+                            .name("state")
+                            .values("associating")
+                            .values("associated")
+                            .build(),
+                    )
+                    .send(),
             )
-            .send()
-            .await
-            .map_err(|e| fault("DescribeIamInstanceProfileAssociations", e))?;
+            .await?;
         let association = out
             .iam_instance_profile_associations()
             .first()
             .and_then(|a| a.association_id())
             .map(str::to_owned);
         match (profile, association) {
-            (Some(profile), Some(association)) => {
-                self.count("ReplaceIamInstanceProfileAssociation");
-                self.client
-                    .replace_iam_instance_profile_association()
-                    .association_id(association)
-                    .iam_instance_profile(instance_profile(profile))
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("ReplaceIamInstanceProfileAssociation", e))
-            }
-            (Some(profile), None) => {
-                self.count("AssociateIamInstanceProfile");
-                self.client
-                    .associate_iam_instance_profile()
-                    .instance_id(id)
-                    .iam_instance_profile(instance_profile(profile))
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("AssociateIamInstanceProfile", e))
-            }
-            (None, Some(association)) => {
-                self.count("DisassociateIamInstanceProfile");
-                self.client
-                    .disassociate_iam_instance_profile()
-                    .association_id(association)
-                    .send()
-                    .await
-                    .map(drop)
-                    .map_err(|e| fault("DisassociateIamInstanceProfile", e))
-            }
+            (Some(profile), Some(association)) => self
+                .call(
+                    "ReplaceIamInstanceProfileAssociation",
+                    self.client
+                        .replace_iam_instance_profile_association()
+                        .association_id(association)
+                        .iam_instance_profile(instance_profile(profile))
+                        .send(),
+                )
+                .await
+                .map(drop),
+            (Some(profile), None) => self
+                .call(
+                    "AssociateIamInstanceProfile",
+                    self.client
+                        .associate_iam_instance_profile()
+                        .instance_id(id)
+                        .iam_instance_profile(instance_profile(profile))
+                        .send(),
+                )
+                .await
+                .map(drop),
+            (None, Some(association)) => self
+                .call(
+                    "DisassociateIamInstanceProfile",
+                    self.client
+                        .disassociate_iam_instance_profile()
+                        .association_id(association)
+                        .send(),
+                )
+                .await
+                .map(drop),
             (None, None) => Ok(()),
         }
     }
 
     async fn start(&self, id: &str) -> Result<()> {
-        self.count("StartInstances");
-        self.client
-            .start_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(|e| fault("StartInstances", e))?;
+        self.call("StartInstances", self.client.start_instances().instance_ids(id).send())
+            .await?;
         Ok(())
     }
 
     async fn stop(&self, id: &str) -> Result<()> {
-        self.count("StopInstances");
-        self.client
-            .stop_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map_err(|e| fault("StopInstances", e))?;
+        self.call("StopInstances", self.client.stop_instances().instance_ids(id).send())
+            .await?;
         Ok(())
     }
 
     /// Terminating an instance EC2 no longer knows succeeds.
     async fn terminate(&self, id: &str) -> Result<()> {
-        self.count("TerminateInstances");
         // An instance EC2 does not know (not shown yet) is an error, retried: success means EC2
         // knows the instance, which the reconcile records (Recorded::seen).
-        self.client
-            .terminate_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|err| fault("TerminateInstances", err))
+        self.call(
+            "TerminateInstances",
+            self.client.terminate_instances().instance_ids(id).send(),
+        )
+        .await
+        .map(drop)
     }
 
     /// One ModifyInstanceAttribute call (EC2 takes one attribute per call).
     async fn modify_attribute(&self, id: &str, set: impl FnOnce(ModifyAttribute) -> ModifyAttribute) -> Result<()> {
-        self.count("ModifyInstanceAttribute");
-        set(self.client.modify_instance_attribute().instance_id(id))
-            .send()
-            .await
-            .map_err(|e| fault("ModifyInstanceAttribute", e))?;
+        let request = set(self.client.modify_instance_attribute().instance_id(id));
+        self.call("ModifyInstanceAttribute", request.send()).await?;
         Ok(())
     }
 
@@ -890,30 +872,32 @@ impl Ec2 {
     }
 
     async fn create_tags(&self, id: &str, tags: &BTreeMap<String, String>) -> Result<()> {
-        self.count("CreateTags");
-        self.client
-            .create_tags()
-            .resources(id)
-            .set_tags(Some(
-                tags.iter()
-                    .map(|(k, v)| Tag::builder().key(k).value(v).build())
-                    .collect(),
-            ))
-            .send()
-            .await
-            .map_err(|e| fault("CreateTags", e))?;
+        self.call(
+            "CreateTags",
+            self.client
+                .create_tags()
+                .resources(id)
+                .set_tags(Some(
+                    tags.iter()
+                        .map(|(k, v)| Tag::builder().key(k).value(v).build())
+                        .collect(),
+                ))
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 
     async fn delete_tags(&self, id: &str, keys: &[String]) -> Result<()> {
-        self.count("DeleteTags");
-        self.client
-            .delete_tags()
-            .resources(id)
-            .set_tags(Some(keys.iter().map(|k| Tag::builder().key(k).build()).collect()))
-            .send()
-            .await
-            .map_err(|e| fault("DeleteTags", e))?;
+        self.call(
+            "DeleteTags",
+            self.client
+                .delete_tags()
+                .resources(id)
+                .set_tags(Some(keys.iter().map(|k| Tag::builder().key(k).build()).collect()))
+                .send(),
+        )
+        .await?;
         Ok(())
     }
 }
