@@ -1042,14 +1042,7 @@ async fn invalid_specs_are_rejected_at_admission() {
         ("region format", json!({"region": "Mars"}), "spec.region"),
     ];
     for (i, (rule, spec, expected)) in cases.into_iter().enumerate() {
-        let mut body = serde_json::to_value(bed.manifest(&format!("bad-{i}"), json!({}))).unwrap();
-        for (key, value) in spec.as_object().unwrap() {
-            body["spec"][key] = value.clone();
-        }
-        let err = bed
-            .raw_create(&ns, body)
-            .await
-            .expect_err(&format!("{rule}: should be rejected"));
+        let err = bed.create_rejected(&ns, &format!("bad-{i}"), &spec).await;
         assert!(err.contains(expected), "{rule}: expected {expected:?} in: {err}");
     }
     // The same manifest without the bad field is accepted: the rules reject only what they name.
@@ -1085,19 +1078,8 @@ async fn immutable_fields_cannot_change() {
         (json!({"region": "eu-west-1"}), "region is immutable"),
     ];
     for (patch, expected) in cases {
-        let err = bed
-            .api(&ns)
-            .patch(
-                "fixed",
-                &PatchParams::default(),
-                &Patch::Merge(json!({ "spec": patch })),
-            )
-            .await
-            .expect_err(&format!("{patch} should be rejected"));
-        assert!(
-            err.to_string().contains(expected),
-            "{patch}: expected {expected:?} in: {err}"
-        );
+        let err = bed.patch_rejected(&ns, "fixed", &patch).await;
+        assert!(err.contains(expected), "{patch}: expected {expected:?} in: {err}");
     }
     // Mutable fields still change; the root volume grows, the instance profile changes in place.
     bed.patch_spec(
@@ -1117,14 +1099,8 @@ async fn update_policy_replace_admits_changes_of_fields_fixed_at_launch_but_neve
     let fixed =
         json!({"subnetId": seed.subnet_id, "keyName": "a", "rootVolume": {"sizeGiB": 8}, "region": "us-east-1"});
     let refused = |name: &'static str, patch: serde_json::Value| {
-        let api = bed.api(&ns);
-        async move {
-            let err = api
-                .patch(name, &PatchParams::default(), &Patch::Merge(json!({ "spec": patch })))
-                .await
-                .expect_err(&format!("{patch} should be rejected"));
-            err.to_string()
-        }
+        let (bed, ns) = (&bed, &ns);
+        async move { bed.patch_rejected(ns, name, &patch).await }
     };
     bed.create(&ns, "refusing", fixed.clone()).await;
     let err = refused("refusing", json!({"imageId": "ami-12345678"})).await;

@@ -20,18 +20,6 @@ fn seeded(name: &str) -> String {
 }
 
 impl Bed {
-    /// The instance as the strict EC2 shows it (with the fields LocalStack does not keep).
-    async fn shown(&self, id: &str) -> Instance {
-        let out = self
-            .strict_ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .expect("describe");
-        out.reservations()[0].instances()[0].clone()
-    }
-
     async fn attribute(
         &self,
         id: &str,
@@ -328,15 +316,9 @@ async fn launch_only_fields_reach_the_instance_and_cannot_change_after() {
     );
 
     let refused = bed
-        .api(&ns)
-        .patch(
-            "full",
-            &kube::api::PatchParams::default(),
-            &kube::api::Patch::Merge(json!({"spec": {"cpuOptions": {"coreCount": 2}}})),
-        )
-        .await
-        .expect_err("cpuOptions is launch-only");
-    assert!(refused.to_string().contains("cpuOptions is immutable"), "{refused}");
+        .patch_rejected(&ns, "full", &json!({"cpuOptions": {"coreCount": 2}}))
+        .await;
+    assert!(refused.contains("cpuOptions is immutable"), "{refused}");
 }
 
 #[tokio::test]
@@ -604,14 +586,7 @@ async fn specs_ec2_would_refuse_are_rejected_at_admission() {
         ),
     ];
     for (i, (spec, expected)) in cases.into_iter().enumerate() {
-        let mut body = serde_json::to_value(bed.manifest(&format!("bad-{i}"), json!({}))).unwrap();
-        for (key, value) in spec.as_object().unwrap() {
-            body["spec"][key] = value.clone();
-        }
-        let err = bed
-            .raw_create(&ns, body)
-            .await
-            .expect_err(&format!("{spec} should be rejected"));
+        let err = bed.create_rejected(&ns, &format!("bad-{i}"), &spec).await;
         assert!(err.contains(expected), "{spec}: expected {expected:?} in: {err}");
     }
 
@@ -647,17 +622,9 @@ async fn specs_ec2_would_refuse_are_rejected_at_admission() {
         ("spot", json!({"spot": {"maxPrice": "1"}}), "spot is immutable"),
     ];
     for (name, patch, expected) in changes {
-        let err = bed
-            .api(&ns)
-            .patch(
-                name,
-                &kube::api::PatchParams::default(),
-                &kube::api::Patch::Merge(json!({"spec": patch})),
-            )
-            .await
-            .expect_err(&format!("{name}: {patch} should be rejected"));
+        let err = bed.patch_rejected(&ns, name, &patch).await;
         assert!(
-            err.to_string().contains(expected),
+            err.contains(expected),
             "{name}: {patch}: expected {expected:?} in: {err}"
         );
     }

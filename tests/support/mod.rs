@@ -177,15 +177,14 @@ impl Bed {
         .await;
     }
 
+    /// The instance as LocalStack holds it.
     pub async fn instance(&self, id: &str) -> Instance {
-        let out = self
-            .ec2
-            .describe_instances()
-            .instance_ids(id)
-            .send()
-            .await
-            .expect("describe");
-        out.reservations()[0].instances()[0].clone()
+        one_instance(&self.ec2, id).await
+    }
+
+    /// The instance as the strict EC2 shows it (with the fields it emulates).
+    pub async fn shown(&self, id: &str) -> Instance {
+        one_instance(&self.strict_ec2, id).await
     }
 
     /// Every instance ever launched with this owner tag, terminated ones too.
@@ -316,6 +315,28 @@ impl Bed {
             .map_err(|e| e.to_string())
     }
 
+    /// The error admission answers to creating `name` with the fields of `spec` set over a valid
+    /// manifest (a null field is left out); panics if the object is accepted.
+    pub async fn create_rejected(&self, ns: &str, name: &str, spec: &serde_json::Value) -> String {
+        let mut body = serde_json::to_value(self.manifest(name, serde_json::json!({}))).unwrap();
+        for (key, value) in spec.as_object().unwrap() {
+            body["spec"][key] = value.clone();
+        }
+        self.raw_create(ns, body)
+            .await
+            .expect_err(&format!("{name}: {spec} should be rejected"))
+    }
+
+    /// The error admission answers to a merge patch of `name`'s spec; panics if it is accepted.
+    pub async fn patch_rejected(&self, ns: &str, name: &str, spec: &serde_json::Value) -> String {
+        let patch = Patch::Merge(serde_json::json!({ "spec": spec }));
+        self.api(ns)
+            .patch(name, &PatchParams::default(), &patch)
+            .await
+            .expect_err(&format!("{name}: {spec} should be rejected"))
+            .to_string()
+    }
+
     /// `kubectl` against the bed, returning stdout.
     pub fn kubectl(&self, args: &[&str]) -> String {
         let out = Command::new("kubectl").args(args).output().expect("kubectl runs");
@@ -326,6 +347,16 @@ impl Bed {
         );
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+}
+
+async fn one_instance(ec2: &aws_sdk_ec2::Client, id: &str) -> Instance {
+    let out = ec2
+        .describe_instances()
+        .instance_ids(id)
+        .send()
+        .await
+        .expect("describe");
+    out.reservations()[0].instances()[0].clone()
 }
 
 pub fn state_of(instance: &Instance) -> String {
